@@ -1,0 +1,3 @@
+"""tmc-bridge: Taobao TMC messages into Kafka."""
+
+__version__ = "0.1.0"

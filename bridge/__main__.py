@@ -1,0 +1,4 @@
+from bridge.cli import main
+import sys
+
+sys.exit(main())

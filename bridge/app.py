@@ -1,0 +1,80 @@
+"""Composition root: config -> logging -> sink, pipeline, source; run until told to stop.
+
+Shutdown (first signal): stop reading from the source, let the pipeline commit what it
+holds, confirm it, close the source, exit. If that takes longer than
+``pipeline.drain_timeout_s``, or a second signal arrives, the pipeline is aborted:
+nothing uncommitted is confirmed and the source redelivers it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from bridge.config import BridgeConfig
+from bridge.pipeline.engine import BatchSink, Pipeline
+from bridge.pipeline.routing import Router
+from bridge.sinks.kafka import KafkaSink
+from bridge.sources.tmc.client import TmcSource
+
+log = structlog.get_logger("bridge.app")
+
+
+class Bridge:
+    """One running bridge: a source, the pipeline, a sink."""
+
+    def __init__(self, config: BridgeConfig, *, sink: BatchSink | None = None) -> None:
+        self.config = config
+        kafka = config.sink.kafka
+        self.router = Router(config.routing, envelope=kafka.value_format == "envelope")
+        self.sink: BatchSink = sink or KafkaSink(kafka)
+        self.pipeline = Pipeline(config.pipeline, self.router, self.sink)
+        self.source = TmcSource(config.source.tmc, self.pipeline.submit)
+        self.stopping = asyncio.Event()
+        self.aborting = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """First call: graceful drain. Second call: abort without confirming more."""
+        if self.stopping.is_set():
+            log.warning("second stop request: aborting without confirming uncommitted work")
+            self.aborting.set()
+            self.pipeline.abort()
+        self.stopping.set()
+
+    async def run(self) -> None:
+        log.info("bridge starting", source="tmc", sink=self.sink.name,
+                 group=self.config.source.tmc.group,
+                 connections=self.config.source.tmc.connections)
+        sink_ready = asyncio.create_task(self.pipeline.start_sink())
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({sink_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not sink_ready.done():
+            self.pipeline.abort()
+            with contextlib.suppress(Exception):
+                await sink_ready
+            await self.pipeline.shutdown()
+            return
+        sink_ready.result()
+        self.source.start()
+        writer = asyncio.create_task(self.pipeline.run())
+        await asyncio.wait({writer, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        log.info("bridge draining", in_flight=self.pipeline.in_flight)
+        await self.source.stop_reading()
+        self.pipeline.close()
+        timeout = self.config.pipeline.drain_timeout_s
+        abort_wait = asyncio.create_task(self.aborting.wait())
+        done, _ = await asyncio.wait({writer, abort_wait}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if writer not in done:
+            log.warning("drain did not finish, aborting", in_flight=self.pipeline.in_flight)
+            self.pipeline.abort()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        abort_wait.cancel()
+        stop_wait.cancel()
+        await self.source.close()
+        await self.pipeline.shutdown()
+        log.info("bridge stopped", committed=self.pipeline.stats.committed,
+                 left_unconfirmed=self.pipeline.in_flight)

@@ -1,0 +1,63 @@
+"""Records that travel through the bridge, and the acknowledgement handle of a delivery.
+
+A source turns what it receives into a :class:`SourceMessage` and hands the pipeline a
+:class:`Delivery`: the message plus an :class:`Ack`. The pipeline calls exactly one of
+``ack.confirm()`` (the message is durably in the sink) or ``ack.fail(reason)`` (retryable,
+please redeliver). It never confirms what the sink did not commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """One business event as received, independent of the source protocol.
+
+    Ids are exact Python ints (TMC ids exceed 2^53). ``content`` is the JSON text exactly
+    as received (gzip ByteArray content is already inflated).
+    """
+
+    source: str
+    message_id: int
+    topic: str
+    content: str
+    publish_time_ms: int | None = None
+    publisher: str | None = None
+    user_id: int | None = None
+    nick: str | None = None
+    data_id: int | None = None
+    #: Set when the source could not decode the payload; the pipeline dead-letters it.
+    malformed: str | None = None
+    #: time.monotonic_ns() when the bridge received it, for push->confirm latency.
+    received_ns: int = 0
+
+
+class Ack(Protocol):
+    """Settles one delivery with its source. Both calls must not block the event loop."""
+
+    def confirm(self) -> None: ...
+
+    def fail(self, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message plus the handles that settle it. Redeliveries of a message still in
+    flight are folded into the first delivery as extra acks (see the pipeline)."""
+
+    message: SourceMessage
+    acks: list[Ack] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """What a sink writes: topic, key, value bytes and headers, plus the delivery it settles."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    dead_letter_reason: str | None = None

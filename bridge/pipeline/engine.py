@@ -1,0 +1,303 @@
+"""The pipeline: deliveries in, transactional batches out, confirms after commit.
+
+Guarantees, and how they are kept:
+
+* **Confirm after commit.** A delivery's acks are confirmed only after the sink's
+  ``write_batch`` returned for the batch holding it (for Kafka: after
+  ``commit_transaction()`` returned). A batch that raised is never confirmed.
+* **Arrival order per key.** There is one queue in arrival order and one batch in the
+  sink at a time; a failed batch is re-sent whole, in the same order, before anything
+  that arrived after it. So records of one key reach the sink in the order received.
+* **No duplicates from redelivery.** A redelivery of a message that is still in flight
+  is folded into the first delivery (both are confirmed on commit); a redelivery of a
+  message committed recently (its confirm was lost with a connection) is confirmed at
+  once from an LRU of committed ids, without writing it again.
+* **Back-pressure.** :meth:`Pipeline.submit` waits while ``max_in_flight`` deliveries are
+  held; sources await it before reading more, so a slow sink slows the socket reads.
+
+The blocking sink runs on one dedicated thread; the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import structlog
+
+from bridge.config import PipelineConfig
+from bridge.errors import SinkError, SinkStopped
+from bridge.model import Delivery, OutRecord
+from bridge.pipeline.routing import Router
+
+log = structlog.get_logger("bridge.pipeline")
+_T = TypeVar("_T")
+
+
+class BatchSink(Protocol):
+    """What the pipeline needs of a sink; every method may block (sink thread only)."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]: ...
+
+    def rebuild(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: tuple[str, int]
+    delivery: Delivery
+    record: OutRecord
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters for logs, tests and the benchmark (metrics come in a later issue)."""
+
+    received: int = 0
+    duplicates_in_flight: int = 0
+    duplicates_committed: int = 0
+    committed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    batch_retries: int = 0
+    failed_back: int = 0
+
+
+class Pipeline:
+    """Owns ordering, batching, retries and the ack decision. One per bridge process."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        router: Router,
+        sink: BatchSink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._router = router
+        self._sink = sink
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{sink.name}-sink")
+        self._pending: dict[tuple[str, int], _Entry] = {}
+        self._queue: deque[_Entry] = deque()
+        self._oldest_at = 0.0
+        self._committed: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._has_work = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._closed = False
+        self._aborted = False
+        self.stats = PipelineStats()
+        #: Called on the loop after each commit with (messages, seconds in the sink).
+        self.on_commit: Callable[[int, float], None] | None = None
+
+    # -- intake ------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closed
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Take a delivery; waits while the pipeline is full. Never confirms by itself
+        except for a message already committed (a redelivery)."""
+        msg = delivery.message
+        key = (msg.source, msg.message_id)
+        if key in self._committed:
+            self.stats.duplicates_committed += 1
+            for ack in delivery.acks:
+                ack.confirm()
+            return
+        entry = self._pending.get(key)
+        if entry is not None:
+            self.stats.duplicates_in_flight += 1
+            entry.delivery.acks.extend(delivery.acks)
+            return
+        while len(self._pending) >= self._config.max_in_flight:
+            self._has_room.clear()
+            await self._has_room.wait()
+            if key in self._pending or key in self._committed:
+                # Arrived again while we waited: settle through the normal paths.
+                await self.submit(delivery)
+                return
+        if self._closed:
+            # Draining: not accepted, not confirmed; the source will redeliver it.
+            return
+        self.stats.received += 1
+        entry = _Entry(key, delivery, self._router.route(msg))
+        self._pending[key] = entry
+        if not self._queue:
+            self._oldest_at = self._clock()
+        self._queue.append(entry)
+        self._has_work.set()
+
+    # -- the writer loop ---------------------------------------------------------
+
+    async def start_sink(self) -> None:
+        await self._in_sink(self._sink.start)
+
+    async def run(self) -> None:
+        """Write batches until :meth:`close` was called and the queue is empty."""
+        linger_s = self._config.batch_linger_ms / 1000.0
+        max_batch = self._config.batch_max_messages
+        while not self._aborted:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            wait = self._oldest_at + linger_s - self._clock()
+            if len(self._queue) < max_batch and wait > 0 and not self._closed:
+                self._has_work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._has_work.wait(), wait)
+                continue
+            batch = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
+            if self._queue:
+                self._oldest_at = self._clock()
+            if not await self._write(batch):
+                return
+        # Aborted: whatever is still queued stays unconfirmed; the source redelivers it.
+
+    async def _write(self, batch: list[_Entry]) -> bool:
+        """Commit one batch, retrying until it is in; False when the sink stopped."""
+        records = [e.record for e in batch]
+        first_try = self._clock()
+        backoff = self._config.retry_backoff_min_s
+        while True:
+            started = self._clock()
+            try:
+                refused = await self._in_sink(self._sink.write_batch, records)
+            except SinkStopped:
+                log.warning("sink stopped; batch left unconfirmed", messages=len(batch))
+                return False
+            except SinkError as exc:
+                self.stats.batch_retries += 1
+                log.warning(
+                    "batch not committed, will retry",
+                    error=str(exc),
+                    error_class=exc.error_class,
+                    fatal=exc.fatal,
+                    messages=len(batch),
+                    retry_in_s=round(backoff, 2),
+                )
+                if exc.fatal and not await self._rebuild():
+                    return False
+                give_up = self._config.give_up_after_s
+                if give_up and self._clock() - first_try > give_up:
+                    self._fail_back(batch, f"sink unavailable: {exc}")
+                    return True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._config.retry_backoff_max_s)
+                continue
+            if refused:
+                for index, reason in refused:
+                    records[index] = self._router.dead_letter(records[index], reason)
+                    log.warning(
+                        "record refused by the sink, dead-lettering",
+                        message_id=batch[index].key[1],
+                        reason=reason,
+                    )
+                continue
+            self._settle(batch, records, self._clock() - started)
+            return True
+
+    async def _rebuild(self) -> bool:
+        while True:
+            try:
+                await self._in_sink(self._sink.rebuild)
+                return True
+            except SinkStopped:
+                return False
+            except SinkError as exc:
+                log.error("sink rebuild failed, retrying", error=str(exc))
+                await asyncio.sleep(self._config.retry_backoff_max_s)
+
+    def _settle(self, batch: list[_Entry], records: list[OutRecord], took_s: float) -> None:
+        cache, limit = self._committed, self._config.dedupe_cache_size
+        dead = 0
+        for entry, record in zip(batch, records, strict=True):
+            for ack in entry.delivery.acks:
+                ack.confirm()
+            del self._pending[entry.key]
+            cache[entry.key] = None
+            if record.dead_letter_reason is not None:
+                dead += 1
+        while len(cache) > limit:
+            cache.popitem(last=False)
+        self.stats.committed += len(batch)
+        self.stats.dead_lettered += dead
+        self.stats.batches += 1
+        self._has_room.set()
+        log.info(
+            "batch committed",
+            messages=len(batch),
+            dead_lettered=dead,
+            first_id=batch[0].key[1],
+            last_id=batch[-1].key[1],
+            sink_ms=round(took_s * 1000, 1),
+        )
+        if self.on_commit is not None:
+            self.on_commit(len(batch), took_s)
+
+    def _fail_back(self, batch: list[_Entry], reason: str) -> None:
+        """Hand the batch and everything queued behind it back to the source as failed.
+
+        Only called after the sink raised SinkError, i.e. nothing of the batch was
+        committed. The queue behind goes too, so no later event of a key overtakes an
+        earlier one that is handed back.
+        """
+        entries = batch + list(self._queue)
+        self._queue.clear()
+        for entry in entries:
+            for ack in entry.delivery.acks:
+                ack.fail(reason)
+            del self._pending[entry.key]
+        self.stats.failed_back += len(entries)
+        self._has_room.set()
+        log.error("batch handed back as failed", messages=len(entries), reason=reason)
+
+    async def _in_sink(self, fn: Callable[..., _T], *args: object) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop taking deliveries; :meth:`run` returns once what is queued is committed."""
+        self._closed = True
+        self._has_work.set()
+        self._has_room.set()
+
+    def abort(self) -> None:
+        """Make the sink give up at its next retry point; nothing more is confirmed."""
+        self._closed = True
+        self._aborted = True
+        self._sink.stop()
+        self._has_work.set()
+
+    async def shutdown(self) -> None:
+        """Close the sink (aborting any open transaction) and its thread."""
+        try:
+            await self._in_sink(self._sink.close)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)

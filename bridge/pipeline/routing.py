@@ -1,0 +1,165 @@
+"""Turn a :class:`SourceMessage` into the :class:`OutRecord` a sink writes. Pure, no I/O.
+
+* Topic: the first glob in ``routing.topics`` that matches the TMC topic.
+* Key: the first field of the first matching ``routing.keys`` pattern that is present in
+  the JSON content, as a decimal string (ids are exact ints: ``json.loads`` never makes
+  a float of an integer literal, shared/tmc-protocol.md §13.3). A topic that matches no
+  key pattern is sent unkeyed; a topic that matches one but lacks every field follows
+  ``routing.missing_key``.
+* Permanent problems (content not JSON, a missing key under ``dead_letter``, no route)
+  produce a record for the dead-letter topic carrying the reason in a header.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable
+
+from bridge.config import RoutingConfig
+from bridge.model import OutRecord, SourceMessage
+
+H_TOPIC = "tmc.topic"
+H_MESSAGE_ID = "tmc.message_id"
+H_USER_ID = "tmc.user_id"
+H_PUBLISH_TIME = "tmc.publish_time_ms"
+H_PUBLISHER = "tmc.publisher"
+H_DLQ_REASON = "tmc.dlq.reason"
+H_DLQ_TARGET = "tmc.dlq.target_topic"
+H_DLQ_TRUNCATED = "tmc.dlq.truncated"
+
+
+def _matcher(patterns: list[str]) -> Callable[[str], int | None]:
+    compiled = [re.compile(fnmatch.translate(p)) for p in patterns]
+
+    def first(topic: str) -> int | None:
+        for i, rx in enumerate(compiled):
+            if rx.match(topic):
+                return i
+        return None
+
+    return first
+
+
+class Router:
+    """Routes and keys messages; results per TMC topic are cached (few distinct topics)."""
+
+    def __init__(self, config: RoutingConfig, *, envelope: bool = False) -> None:
+        self._config = config
+        self._envelope = envelope
+        self._topic_targets = list(config.topics.values())
+        self._key_fields = list(config.keys.values())
+        self._match_topic = _matcher(list(config.topics))
+        self._match_key = _matcher(list(config.keys))
+        self._cache: dict[str, tuple[str | None, list[str] | None]] = {}
+
+    def _rules(self, topic: str) -> tuple[str | None, list[str] | None]:
+        rules = self._cache.get(topic)
+        if rules is None:
+            ti = self._match_topic(topic)
+            ki = self._match_key(topic)
+            rules = (
+                None if ti is None else self._topic_targets[ti],
+                None if ki is None else self._key_fields[ki],
+            )
+            self._cache[topic] = rules
+        return rules
+
+    def route(self, msg: SourceMessage) -> OutRecord:
+        headers = _headers(msg)
+        target, key_fields = self._rules(msg.topic)
+        raw = msg.content.encode("utf-8")
+        if msg.malformed:
+            return self._dead(raw, headers, msg.malformed, target, None)
+        try:
+            body = json.loads(msg.content)
+        except ValueError as exc:
+            return self._dead(raw, headers, f"content is not JSON: {exc}", target, None)
+        if not isinstance(body, dict):
+            return self._dead(raw, headers, "content is not a JSON object", target, None)
+        if target is None:
+            return self._dead(raw, headers, f"no route for topic {msg.topic}", None, None)
+        key: bytes | None = None
+        if key_fields is not None:
+            key_text, problem = _key(body, key_fields)
+            if key_text is None:
+                policy = self._config.missing_key
+                if policy == "dataid" and msg.data_id is not None:
+                    key_text = str(msg.data_id)
+                elif policy == "userid" and msg.user_id is not None:
+                    key_text = str(msg.user_id)
+                elif policy != "unkeyed":
+                    return self._dead(raw, headers, problem, target, None)
+            key = None if key_text is None else key_text.encode()
+        value = _envelope(msg) if self._envelope else raw
+        return OutRecord(topic=target, key=key, value=value, headers=headers)
+
+    def dead_letter(self, record: OutRecord, reason: str) -> OutRecord:
+        """The dead-letter twin of a record the sink refused (e.g. too large)."""
+        if record.dead_letter_reason is not None:
+            # Already a dead letter: it only needs to fit, which truncation ensures.
+            return record
+        return self._dead(record.value, record.headers, reason, record.topic, record.key)
+
+    def _dead(
+        self,
+        value: bytes,
+        headers: tuple[tuple[str, bytes], ...],
+        reason: str,
+        target: str | None,
+        key: bytes | None,
+    ) -> OutRecord:
+        limit = self._config.dead_letter_max_value_bytes
+        extra = [(H_DLQ_REASON, reason.encode("utf-8", "replace")[:1024])]
+        if target is not None:
+            extra.append((H_DLQ_TARGET, target.encode()))
+        if len(value) > limit:
+            value = value[:limit]
+            extra.append((H_DLQ_TRUNCATED, b"true"))
+        return OutRecord(
+            topic=self._config.dead_letter_topic,
+            key=key,
+            value=value,
+            headers=headers + tuple(extra),
+            dead_letter_reason=reason,
+        )
+
+
+def _key(body: dict[str, object], fields: list[str]) -> tuple[str | None, str]:
+    for name in fields:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value), ""
+        if isinstance(value, str) and value.strip().isdigit():
+            return value.strip(), ""
+        return None, f"key field {name!r} is a {type(value).__name__}, not an integer id"
+    return None, f"none of the key fields {fields} is in the content"
+
+
+def _headers(msg: SourceMessage) -> tuple[tuple[str, bytes], ...]:
+    headers = [(H_TOPIC, msg.topic.encode()), (H_MESSAGE_ID, str(msg.message_id).encode())]
+    if msg.user_id is not None:
+        headers.append((H_USER_ID, str(msg.user_id).encode()))
+    if msg.publish_time_ms is not None:
+        headers.append((H_PUBLISH_TIME, str(msg.publish_time_ms).encode()))
+    if msg.publisher:
+        headers.append((H_PUBLISHER, msg.publisher.encode()))
+    return tuple(headers)
+
+
+def _envelope(msg: SourceMessage) -> bytes:
+    """JSON envelope; ids as strings so JavaScript and other double-based readers keep them."""
+    doc = {
+        "topic": msg.topic,
+        "id": str(msg.message_id),
+        "user_id": None if msg.user_id is None else str(msg.user_id),
+        "nick": msg.nick,
+        "publish_time_ms": msg.publish_time_ms,
+        "publisher": msg.publisher,
+        "data_id": None if msg.data_id is None else str(msg.data_id),
+        "content": msg.content,
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,268 @@
+"""TMC asyncio driver: WebSocket I/O around the sans-I/O :class:`ClientSession`.
+
+One :class:`TmcSource` runs ``connections`` independent :class:`_Connection` tasks to the
+same group. Each connection loops: connect, log in, pull right away and then every
+``pull_interval_s``, ping after ``ping_idle_s`` without traffic (never waiting for the
+pong, shared/tmc-protocol.md §8.1), hand every push to the pipeline and send the confirm
+or failed frame when the pipeline settles it. On any failure it closes the socket and
+reconnects after a jittered back-off whose first delay is at least ``reconnect_min_s``.
+
+Back-pressure: the reader awaits ``submit`` before reading the next frame, so a full
+pipeline stops the socket reads and TCP pushes back on the server (§9.6).
+
+A confirm is sent only on the socket the message came in on, and only while that login
+is still current: after a reconnect the old token is void, the server redelivers, and the
+pipeline's committed-id cache confirms the redelivery without writing it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from bridge.config import TmcSourceConfig
+from bridge.errors import FrameError, LoginError, ProtocolError
+from bridge.model import Delivery
+from bridge.sources.tmc.protocol import ClientSession, Ignored, LoggedIn, Push
+
+log = structlog.get_logger("bridge.source.tmc")
+
+Submit = Callable[[Delivery], Awaitable[None]]
+
+
+def backoff(min_s: float, max_s: float, *, rng: random.Random | None = None) -> Iterator[float]:
+    """Reconnect delays: exponential from ``min_s``, capped at ``max_s``, jittered upward
+    (x1.0-1.5) so the first retry is never sooner than ``min_s`` and replicas spread out."""
+    rand = rng or random.Random()
+    base = min_s
+    while True:
+        yield min(max_s, base * rand.uniform(1.0, 1.5))
+        base = min(max_s, max(base * 2, 0.1))
+
+
+class _Ack:
+    """Settles one push on the login it arrived on; a no-op once that login is gone."""
+
+    __slots__ = ("_conn", "_generation", "_id")
+
+    def __init__(self, conn: _Connection, generation: int, message_id: int) -> None:
+        self._conn, self._generation, self._id = conn, generation, message_id
+
+    def confirm(self) -> None:
+        self._conn.send_if_current(self._generation, self._conn.session.confirm, self._id)
+
+    def fail(self, reason: str) -> None:
+        self._conn.send_if_current(
+            self._generation, lambda i: self._conn.session.fail(i, reason), self._id
+        )
+
+
+class _Connection:
+    def __init__(self, index: int, config: TmcSourceConfig, secret: str, submit: Submit) -> None:
+        self.index = index
+        self._config = config
+        self._submit = submit
+        self.session = ClientSession(config.app_key, secret, config.group, sdk=config.sdk)
+        self.generation = 0
+        self.online = False
+        self._ws: ClientConnection | None = None
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._last_traffic = time.monotonic()
+        self._stop = asyncio.Event()
+        self._reading = True
+        self.confirms_sent = 0
+        self.confirms_dropped = 0
+        self.last_error: str | None = None
+        self._log = log.bind(connection=index, group=config.group)
+
+    # -- called by acks (event loop, never blocks) --------------------------------
+
+    def send_if_current(self, generation: int, make: Callable[[int], bytes], msg_id: int) -> None:
+        if generation != self.generation or not self.online:
+            self.confirms_dropped += 1
+            return
+        self._outbox.put_nowait(make(msg_id))
+        self.confirms_sent += 1
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        delays = backoff(self._config.reconnect_min_s, self._config.reconnect_max_s)
+        while not self._stop.is_set():
+            logged_in = False
+            try:
+                logged_in = await self._session_once()
+            except LoginError as exc:
+                self.last_error = str(exc)
+                self._log.error(
+                    "tmc login refused",
+                    status_code=exc.status_code,
+                    status_phrase=exc.status_phrase,
+                )
+            except FrameError as exc:
+                self.last_error = f"malformed frame: {exc}"
+                self._log.error("malformed TMC frame, resetting connection", error=str(exc))
+            except ProtocolError as exc:
+                self.last_error = f"protocol error: {exc}"
+                self._log.error("TMC protocol error, resetting connection", error=str(exc))
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._log.warning("tmc connection lost", error=self.last_error)
+            except InvalidURI as exc:
+                self._log.error("invalid TMC url", error=str(exc))
+                raise
+            finally:
+                self.online = False
+                self.session.lost()
+            if self._stop.is_set():
+                break
+            if logged_in:
+                # A session that got online resets the back-off, but the first retry
+                # still waits reconnect_min_s: the platform refuses fast reconnects.
+                delays = backoff(self._config.reconnect_min_s, self._config.reconnect_max_s)
+            delay = next(delays)
+            self._log.info("tmc reconnecting", in_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _session_once(self) -> bool:
+        cfg = self._config
+        self._log.info("tmc connecting", url=cfg.url)
+        async with connect(
+            cfg.url,
+            ping_interval=None,  # our own idle ping, pongs not awaited (§8.1, §12)
+            ping_timeout=None,
+            compression=None,  # no TMC client negotiates permessage-deflate
+            max_size=cfg.max_frame_bytes,
+            open_timeout=cfg.connect_timeout_s,
+            close_timeout=2,
+            user_agent_header=None,
+        ) as ws:
+            self._ws = ws
+            await ws.send(self.session.connect(int(time.time() * 1000)))
+            first = await asyncio.wait_for(ws.recv(), cfg.connect_timeout_s)
+            if not isinstance(first, bytes):
+                raise ProtocolError("text frame instead of CONNECTACK")
+            event = self.session.receive(first)
+            if not isinstance(event, LoggedIn):
+                raise ProtocolError(f"unexpected first reply {event!r}")
+            self.generation += 1
+            self._outbox = asyncio.Queue()
+            self.online = True
+            self.last_error = None
+            self._log.info("tmc logged in", flag=self.generation)
+            helpers = [
+                asyncio.create_task(self._writer(ws)),
+                asyncio.create_task(self._puller()),
+                asyncio.create_task(self._pinger(ws)),
+            ]
+            try:
+                await self._reader(ws)
+            finally:
+                self.online = False
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+                self._ws = None
+        return True
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        generation = self.generation
+        while self._reading:
+            data = await ws.recv()
+            self._last_traffic = time.monotonic()
+            if not isinstance(data, bytes):
+                continue  # text frames are not part of TMC (§3)
+            event = self.session.receive(data, received_ns=time.monotonic_ns())
+            if isinstance(event, Push):
+                msg = event.message
+                await self._submit(Delivery(msg, [_Ack(self, generation, msg.message_id)]))
+            elif isinstance(event, Ignored):
+                self._log.debug("tmc frame ignored", reason=event.reason)
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        outbox = self._outbox
+        while True:
+            frame = await outbox.get()
+            await ws.send(frame)
+            outbox.task_done()
+            self._last_traffic = time.monotonic()
+
+    async def _puller(self) -> None:
+        # One pull right after login to fetch any backlog, then periodically (§6.4, §12).
+        while self._reading:
+            self._outbox.put_nowait(self.session.pull())
+            await asyncio.sleep(self._config.pull_interval_s)
+
+    async def _pinger(self, ws: ClientConnection) -> None:
+        idle = self._config.ping_idle_s
+        while True:
+            wait = self._last_traffic + idle - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            waiter = asyncio.ensure_future(await ws.ping())
+            # The pong may never come (§8.1): never await it, but retrieve its outcome so a
+            # closed connection does not leave an unobserved exception behind.
+            waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._last_traffic = time.monotonic()
+
+    async def stop_reading(self) -> None:
+        """Stop pulling and reading; confirms keep flowing until :meth:`close`."""
+        self._reading = False
+        self._stop.set()
+
+    async def close(self) -> None:
+        self._stop.set()
+        self._reading = False
+        ws = self._ws
+        if ws is not None:
+            # Let queued confirms out before the Close frame.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), 2.0)
+            await ws.close(1000, "tmc client closed")
+
+
+class TmcSource:
+    """``connections`` parallel logins to one TMC group, all feeding one pipeline."""
+
+    name = "tmc"
+
+    def __init__(self, config: TmcSourceConfig, submit: Submit) -> None:
+        secret = config.secret()
+        self._connections = [
+            _Connection(i, config, secret, submit) for i in range(config.connections)
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def logged_in(self) -> int:
+        return sum(1 for c in self._connections if c.online)
+
+    @property
+    def last_errors(self) -> list[str]:
+        return [c.last_error for c in self._connections if c.last_error]
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(c.run(), name=f"tmc-connection-{c.index}")
+            for c in self._connections
+        ]
+
+    async def stop_reading(self) -> None:
+        for c in self._connections:
+            await c.stop_reading()
+
+    async def close(self) -> None:
+        for c in self._connections:
+            await c.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

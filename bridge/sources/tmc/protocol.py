@@ -1,0 +1,461 @@
+"""Sans-I/O TMC sessions: frames in, events and frames out (shared/tmc-protocol.md §5-§6).
+
+:class:`ClientSession` is what the bridge speaks; :class:`ServerSession` is the server side
+used by the simulator. Neither touches sockets, clocks or asyncio: the caller passes the
+current time where the protocol needs it, so both are tested with bytes alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import hmac
+import struct
+import zlib
+from dataclasses import dataclass
+
+from bridge.errors import FrameError, LoginError, ProtocolError
+from bridge.model import SourceMessage
+from bridge.sources.tmc import codec
+from bridge.sources.tmc.codec import Fmt, Frame, MessageType, Value
+
+
+class Kind(enum.IntEnum):
+    """Values of the ``__kind`` Custom key (§6)."""
+
+    NONE = 0
+    PULL_REQUEST = 1
+    CONFIRM = 2
+    DATA = 3
+    FAILED = 20
+
+
+#: The recent Java SDK truncates the Failed reason to 128 characters (§6.3).
+FAILED_MSG_MAX = 128
+
+
+def sign(secret: str, app_key: str, group_name: str, timestamp: str) -> str:
+    """CONNECT ``sign`` (§5.3): upper hex MD5 of secret + sorted key/value pairs + secret."""
+    base = f"{secret}app_key{app_key}group_name{group_name}timestamp{timestamp}{secret}"
+    # MD5 is what the platform mandates here; it is a signature scheme, not our choice.
+    return hashlib.md5(base.encode("utf-8"), usedforsecurity=False).hexdigest().upper()
+
+
+# ----------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    message: SourceMessage
+    #: Delivery attempt counter sent by the server (``retried``), when present.
+    retried: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A frame that is valid but carries nothing for us (logged by the driver)."""
+
+    reason: str
+
+
+ClientEvent = LoggedIn | Push | Ignored
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    AWAIT_CONNECTACK = "await_connectack"
+    ONLINE = "online"
+
+
+class ClientSession:
+    """One TMC login at a time. Call :meth:`connect` for every new socket.
+
+    The Flag counter survives reconnects (1, 2, 3 ...), like the Java SDK's, so a late
+    CONNECTACK from an old socket can never be taken for the current one (§5.4).
+    """
+
+    def __init__(
+        self,
+        app_key: str,
+        app_secret: str,
+        group_name: str,
+        *,
+        sdk: str = "tmc-bridge",
+        intranet_ip: str | None = None,
+    ) -> None:
+        self.app_key = app_key
+        self._secret = app_secret
+        self.group_name = group_name
+        self.sdk = sdk
+        self.intranet_ip = intranet_ip
+        self.state = State.IDLE
+        self.token: str | None = None
+        self._flag = 0
+        # Prebuilt frame heads for the hot path (confirms are one per message, §6.2).
+        self._send_head = b""
+
+    def connect(self, now_ms: int) -> bytes:
+        """The CONNECT frame for a new socket; forgets any previous token (§8.3)."""
+        self._flag += 1
+        self.token = None
+        self.state = State.AWAIT_CONNECTACK
+        timestamp = str(now_ms)
+        custom: dict[str, Value] = {
+            "app_key": codec.string(self.app_key),
+            "group_name": codec.string(self.group_name),
+            "timestamp": codec.string(timestamp),
+            "sign": codec.string(sign(self._secret, self.app_key, self.group_name, timestamp)),
+            "sdk": codec.string(self.sdk),
+        }
+        if self.intranet_ip:
+            custom["intranet_ip"] = codec.string(self.intranet_ip)
+        return codec.encode(Frame(MessageType.CONNECT, flag=self._flag, custom=custom))
+
+    def receive(self, data: bytes, *, received_ns: int = 0) -> ClientEvent:
+        """Process one binary WebSocket message from the server.
+
+        ``received_ns`` (a monotonic clock reading from the caller) is stamped on pushes.
+
+        Raises FrameError (malformed bytes), LoginError (CONNECT refused) or ProtocolError
+        (a frame that cannot be right in this state). Unknown extras are ignored.
+        """
+        frame = codec.decode(data)
+        if self.state is State.AWAIT_CONNECTACK:
+            return self._on_connectack(frame)
+        if self.state is not State.ONLINE:
+            raise ProtocolError(f"{frame.type.name} received before CONNECT was sent")
+        if frame.type is MessageType.SENDACK:
+            if frame.status_code > 0 or frame.status_phrase:
+                return Ignored(f"server error reply: {frame.status_code} {frame.status_phrase}")
+            return Ignored("SENDACK")
+        if frame.type is not MessageType.SEND:
+            raise ProtocolError(f"unexpected {frame.type.name} while online")
+        if frame.token != self.token:
+            # The Java client closes the socket here; we keep it and drop the frame (§12).
+            return Ignored("SEND with a foreign token")
+        kind = frame.get("__kind")
+        if kind == Kind.DATA or (kind is None and "topic" in frame.custom):
+            return _push_from(frame, received_ns)
+        return Ignored(f"SEND with __kind={kind!r}")
+
+    def _on_connectack(self, frame: Frame) -> ClientEvent:
+        if frame.type is not MessageType.CONNECTACK:
+            raise ProtocolError(f"expected CONNECTACK, got {frame.type.name}")
+        if frame.status_code > 0 or frame.status_phrase:
+            self.state = State.IDLE
+            raise LoginError(frame.status_code, frame.status_phrase)
+        if frame.flag != self._flag:
+            raise ProtocolError(f"CONNECTACK flag {frame.flag} does not echo {self._flag}")
+        if not frame.token:
+            raise ProtocolError("CONNECTACK without status and without token")
+        self.token = frame.token
+        self.state = State.ONLINE
+        self._send_head = (
+            b"\x02\x02\x05\x00" + _I32.pack(len(frame.token.encode())) + (frame.token.encode())
+        )
+        return LoggedIn(frame.token)
+
+    def _online_head(self) -> bytes:
+        if self.state is not State.ONLINE:
+            raise ProtocolError("not logged in: nothing may be sent before CONNECTACK (§5.1)")
+        return self._send_head
+
+    def pull(self) -> bytes:
+        """Pull request (§6.4, vector §7.5)."""
+        return self._online_head() + _KIND_PULL + b"\x00\x00"
+
+    def confirm(self, message_id: int) -> bytes:
+        """Confirm one message id (§6.2, vector §7.4). Always Int64."""
+        return self._online_head() + _KIND_CONFIRM + _ID_KEY + _I64.pack(message_id) + b"\x00\x00"
+
+    def fail(self, message_id: int, reason: str | None) -> bytes:
+        """Failed / nack (§6.3, vector §7.6): SEND with token, kind 20, id, msg <= 128 chars."""
+        msg = codec.encode_custom("msg", codec.string(reason[:FAILED_MSG_MAX] if reason else None))
+        return (
+            self._online_head() + _KIND_FAILED + _ID_KEY + _I64.pack(message_id) + msg + b"\x00\x00"
+        )
+
+    def lost(self) -> None:
+        """The socket is gone: drop the token; nothing may be sent until the next login."""
+        self.state = State.IDLE
+        self.token = None
+
+
+_I32 = struct.Struct("<i")
+_I64 = struct.Struct("<q")
+_KIND_PULL = codec.encode_custom("__kind", codec.byte(Kind.PULL_REQUEST))
+_KIND_CONFIRM = codec.encode_custom("__kind", codec.byte(Kind.CONFIRM))
+_KIND_FAILED = codec.encode_custom("__kind", codec.byte(Kind.FAILED))
+_ID_KEY = b"\x01\x00\x02\x00\x00\x00id\x05"
+
+
+def _int_field(frame: Frame, key: str) -> int | None:
+    value = frame.custom.get(key)
+    if value is None or value.data is None:
+        return None
+    if value.fmt in (Fmt.BYTE, Fmt.INT16, Fmt.INT32, Fmt.INT64, Fmt.DATE) and isinstance(
+        value.data, int
+    ):
+        return value.data
+    if value.fmt is Fmt.STRING and isinstance(value.data, str) and value.data.isdigit():
+        return int(value.data)
+    raise ProtocolError(f"field {key!r} has format {value.fmt.name}, expected an integer")
+
+
+def _str_field(frame: Frame, key: str) -> str | None:
+    data = frame.get(key)
+    if data is None or isinstance(data, str):
+        return data
+    return str(data)
+
+
+def _push_from(frame: Frame, received_ns: int) -> Push:
+    message_id = _int_field(frame, "id")
+    if message_id is None:
+        raise ProtocolError("data push without an id: it could never be confirmed")
+    topic = _str_field(frame, "topic")
+    if not topic:
+        raise ProtocolError(f"data push {message_id} without a topic")
+    malformed: str | None = None
+    raw = frame.get("content")
+    if isinstance(raw, bytes):
+        # ByteArray content is gzip-compressed UTF-8 JSON (§4.5, §6.1).
+        try:
+            content = gzip.decompress(raw).decode("utf-8")
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            content = raw.hex()
+            malformed = f"content is a ByteArray that is not gzip UTF-8: {exc}"
+    elif raw is None:
+        content = ""
+    else:
+        content = str(raw)
+    data_id = _int_field(frame, "dataid")
+    if data_id is None:
+        data_id = _int_field(frame, "data_id")
+    retried = _int_field(frame, "retried")
+    return Push(
+        SourceMessage(
+            source="tmc",
+            message_id=message_id,
+            topic=topic,
+            content=content,
+            publish_time_ms=_int_field(frame, "time"),
+            publisher=_str_field(frame, "publisher"),
+            user_id=_int_field(frame, "userid"),
+            nick=_str_field(frame, "nick"),
+            data_id=data_id,
+            malformed=malformed,
+            received_ns=received_ns,
+        ),
+        retried=retried,
+    )
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    app_key: str
+    group_name: str
+    timestamp: str
+    flag: int
+    sign_ok: bool
+    sdk: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    message_id: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    content: str
+    flag: int
+
+
+ServerEvent = ConnectRequest | PullRequest | Confirm | Failed | Publish
+
+
+class ServerSession:
+    """The server side of one socket (simulator, §11): AWAIT_CONNECT -> ONLINE.
+
+    ``secrets`` maps app keys to secrets; an unknown app key fails the sign check.
+    ``strict`` requires the token on every SEND and Int64 ids; lenient mode accepts the
+    variants seen in the wild (§6.3: Failed as SENDACK or without token).
+    """
+
+    def __init__(self, secrets: dict[str, str], *, strict: bool = False) -> None:
+        self._secrets = secrets
+        self.strict = strict
+        self.token: str | None = None
+        self.app_key: str | None = None
+        self.group_name: str | None = None
+        self.version = codec.PROTOCOL_VERSION
+        self._push_head = b""
+
+    @property
+    def online(self) -> bool:
+        return self.token is not None
+
+    def receive(self, data: bytes) -> ServerEvent:
+        frame = codec.decode(data, strict_utf8=True)
+        if not self.online:
+            if frame.type is not MessageType.CONNECT:
+                raise ProtocolError(f"expected CONNECT, got {frame.type.name}")
+            return self._connect_request(frame)
+        if frame.type is MessageType.CONNECT:
+            raise ProtocolError("only allow sinle endpoint connected on a channel")  # sic, §5.5
+        if frame.type not in (MessageType.SEND, MessageType.SENDACK):
+            raise ProtocolError(f"unexpected {frame.type.name} from a client")
+        if frame.token != self.token and (self.strict or frame.token is not None):
+            raise ProtocolError("SEND with a wrong or missing token")
+        kind = frame.custom.get("__kind")
+        if kind is None:
+            raise ProtocolError("SEND without __kind")
+        if kind.fmt is not Fmt.BYTE and self.strict:
+            raise ProtocolError(f"__kind has format {kind.fmt.name}, expected Byte")
+        kind_value = int(kind.data) if isinstance(kind.data, int | str) else -1
+        if kind_value == Kind.PULL_REQUEST:
+            return PullRequest()
+        if kind_value in (Kind.CONFIRM, Kind.FAILED):
+            id_value = frame.custom.get("id")
+            if id_value is None or not isinstance(id_value.data, int):
+                raise ProtocolError("confirm/failed without an integer id")
+            if self.strict and id_value.fmt is not Fmt.INT64:
+                raise ProtocolError(f"id has format {id_value.fmt.name}, expected Int64")
+            if kind_value == Kind.CONFIRM:
+                return Confirm(id_value.data)
+            return Failed(id_value.data, _str_field(frame, "msg"))
+        if kind_value == Kind.DATA:
+            return Publish(
+                _str_field(frame, "topic") or "", _str_field(frame, "content") or "", frame.flag
+            )
+        raise ProtocolError(f"unknown __kind {kind.data!r}")
+
+    def _connect_request(self, frame: Frame) -> ConnectRequest:
+        self.version = frame.version
+        fields = {}
+        for key in ("app_key", "group_name", "timestamp", "sign"):
+            value = _str_field(frame, key)
+            if not value:
+                raise ProtocolError(f"CONNECT without {key!r}")
+            fields[key] = value
+        secret = self._secrets.get(fields["app_key"])
+        sign_ok = secret is not None and hmac.compare_digest(
+            sign(secret, fields["app_key"], fields["group_name"], fields["timestamp"]),
+            fields["sign"].upper(),
+        )
+        return ConnectRequest(
+            app_key=fields["app_key"],
+            group_name=fields["group_name"],
+            timestamp=fields["timestamp"],
+            flag=frame.flag,
+            sign_ok=sign_ok,
+            sdk=_str_field(frame, "sdk"),
+        )
+
+    def accept(self, request: ConnectRequest, token: str) -> bytes:
+        """CONNECTACK success: the CONNECT's Flag echoed and a token (§5.4)."""
+        self.token = token
+        self.app_key = request.app_key
+        self.group_name = request.group_name
+        raw = token.encode()
+        self._push_head = bytes((self.version, MessageType.SEND)) + b"\x05\x00"
+        self._push_head += (
+            _I32.pack(len(raw)) + raw + codec.encode_custom("__kind", codec.byte(Kind.DATA))
+        )
+        return codec.encode(
+            Frame(MessageType.CONNECTACK, version=self.version, flag=request.flag, token=token)
+        )
+
+    def reject(self, flag: int, status_code: int, status_phrase: str) -> bytes:
+        """CONNECTACK failure: StatusCode/StatusPhrase, Flag echoed, no token (§5.5)."""
+        return codec.encode(
+            Frame(
+                MessageType.CONNECTACK,
+                version=self.version,
+                status_code=status_code,
+                status_phrase=status_phrase,
+                flag=flag,
+            )
+        )
+
+    def push(self, body: bytes) -> bytes:
+        """A data push: token + ``__kind`` 3 + the Custom entries from :func:`push_body`."""
+        if not self.online:
+            raise ProtocolError("cannot push before the session is online")
+        return self._push_head + body + b"\x00\x00"
+
+
+def push_body(
+    message_id: int,
+    topic: str,
+    content: str | bytes,
+    *,
+    publish_time_ms: int,
+    out_time_ms: int,
+    publisher: str,
+    user_id: int,
+    nick: str,
+    data_id: int | None,
+    retried: int | None = None,
+) -> bytes:
+    """The Custom entries of a push in the canonical formats of §4.5 / §6.1."""
+    parts = [
+        _ID_KEY[:-1] + b"\x05" + _I64.pack(message_id),
+        codec.encode_custom("topic", codec.string(topic)),
+        codec.encode_custom(
+            "content",
+            Value(Fmt.BYTE_ARRAY, content) if isinstance(content, bytes) else codec.string(content),
+        ),
+        codec.encode_custom("time", codec.date_ms(publish_time_ms)),
+        codec.encode_custom("outtime", codec.date_ms(out_time_ms)),
+        codec.encode_custom("publisher", codec.string(publisher)),
+        codec.encode_custom("userid", codec.int64(user_id)),
+        codec.encode_custom("nick", codec.string(nick)),
+    ]
+    if data_id is not None:
+        parts.append(codec.encode_custom("dataid", codec.int64(data_id)))
+    if retried is not None:
+        parts.append(codec.encode_custom("retried", codec.byte(min(retried, 127))))
+    return b"".join(parts)
+
+
+__all__ = [
+    "ClientEvent",
+    "ClientSession",
+    "Confirm",
+    "ConnectRequest",
+    "Failed",
+    "FrameError",
+    "Ignored",
+    "Kind",
+    "LoggedIn",
+    "Publish",
+    "PullRequest",
+    "Push",
+    "ServerEvent",
+    "ServerSession",
+    "push_body",
+    "sign",
+]
