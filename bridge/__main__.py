@@ -1,4 +1,5 @@
-from bridge.cli import main
 import sys
+
+from bridge.cli import main
 
 sys.exit(main())

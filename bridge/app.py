@@ -44,9 +44,13 @@ class Bridge:
         self.stopping.set()
 
     async def run(self) -> None:
-        log.info("bridge starting", source="tmc", sink=self.sink.name,
-                 group=self.config.source.tmc.group,
-                 connections=self.config.source.tmc.connections)
+        log.info(
+            "bridge starting",
+            source="tmc",
+            sink=self.sink.name,
+            group=self.config.source.tmc.group,
+            connections=self.config.source.tmc.connections,
+        )
         sink_ready = asyncio.create_task(self.pipeline.start_sink())
         stop_wait = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({sink_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -65,8 +69,9 @@ class Bridge:
         self.pipeline.close()
         timeout = self.config.pipeline.drain_timeout_s
         abort_wait = asyncio.create_task(self.aborting.wait())
-        done, _ = await asyncio.wait({writer, abort_wait}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {writer, abort_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if writer not in done:
             log.warning("drain did not finish, aborting", in_flight=self.pipeline.in_flight)
             self.pipeline.abort()
@@ -76,5 +81,8 @@ class Bridge:
         stop_wait.cancel()
         await self.source.close()
         await self.pipeline.shutdown()
-        log.info("bridge stopped", committed=self.pipeline.stats.committed,
-                 left_unconfirmed=self.pipeline.in_flight)
+        log.info(
+            "bridge stopped",
+            committed=self.pipeline.stats.committed,
+            left_unconfirmed=self.pipeline.in_flight,
+        )

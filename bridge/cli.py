@@ -77,8 +77,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         await sim.start()
         if args.messages:
             sim.publish(args.messages)
-        print(f"tmc simulator ready at {sim.url} (stats: http://{args.host}:{sim.port}/_sim/stats)",
-              flush=True)
+        print(
+            f"tmc simulator ready at {sim.url} (stats: http://{args.host}:{sim.port}/_sim/stats)",
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--app-key", default="12345678")
-    sim.add_argument("--app-secret-env", default="TMC_APP_SECRET",
-                     help="environment variable holding the accepted app secret")
+    sim.add_argument(
+        "--app-secret-env",
+        default="TMC_APP_SECRET",
+        help="environment variable holding the accepted app secret",
+    )
     sim.add_argument("--messages", type=int, default=0, help="generate this many at start")
     sim.add_argument("--confirm-timeout-s", type=float, default=60.0)
     sim.add_argument("--failed-delay-s", type=float, default=360.0)

@@ -25,7 +25,9 @@ def configure(level: str = "info", fmt: Format = "auto") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=True) if console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=True)
+        if console
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

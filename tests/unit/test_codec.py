@@ -64,7 +64,11 @@ def test_data_push_vector_keeps_64_bit_ids_exact() -> None:
 def test_failed_connectack_vector_round_trips() -> None:
     frame = codec.decode(FAILED_ACK_76)
     assert (frame.status_code, frame.status_phrase, frame.flag, frame.token) == (
-        1, "invalid sign", 1, None)
+        1,
+        "invalid sign",
+        1,
+        None,
+    )
     assert codec.encode(frame) == FAILED_ACK_76
 
 
@@ -98,12 +102,21 @@ def test_the_507_byte_capture_fields() -> None:
 
 
 def test_every_value_format_round_trips() -> None:
-    frame = Frame(MessageType.SEND, token="t", custom={
-        "v": Value(Fmt.VOID, None), "s": codec.string("中文"), "b": codec.byte(-1),
-        "h": Value(Fmt.INT16, -2), "i": Value(Fmt.INT32, 2**31 - 1),
-        "q": codec.int64(-(2**63)), "d": codec.date_ms(1), "a": Value(Fmt.BYTE_ARRAY, b"\x00\xff"),
-        "e": codec.string(""),
-    })
+    frame = Frame(
+        MessageType.SEND,
+        token="t",
+        custom={
+            "v": Value(Fmt.VOID, None),
+            "s": codec.string("中文"),
+            "b": codec.byte(-1),
+            "h": Value(Fmt.INT16, -2),
+            "i": Value(Fmt.INT32, 2**31 - 1),
+            "q": codec.int64(-(2**63)),
+            "d": codec.date_ms(1),
+            "a": Value(Fmt.BYTE_ARRAY, b"\x00\xff"),
+            "e": codec.string(""),
+        },
+    )
     decoded = codec.decode(codec.encode(frame))
     assert decoded.custom["s"].data == "中文"
     assert decoded.custom["q"].data == -(2**63)

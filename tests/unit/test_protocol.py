@@ -35,8 +35,9 @@ FAILED_76 = (
 
 
 def online_session() -> protocol.ClientSession:
-    s = protocol.ClientSession("12345678", SECRET, "default", sdk="top-sdk-java-20240101",
-                               intranet_ip="192.168.1.10")
+    s = protocol.ClientSession(
+        "12345678", SECRET, "default", sdk="top-sdk-java-20240101", intranet_ip="192.168.1.10"
+    )
     assert s.connect(1700000000000).hex() == CONNECT_71
     assert s.receive(CONNECTACK_72) == protocol.LoggedIn(TOKEN)
     return s
@@ -44,7 +45,8 @@ def online_session() -> protocol.ClientSession:
 
 def test_sign_worked_example() -> None:
     assert protocol.sign(SECRET, "12345678", "default", "1700000000000") == (
-        "8A25D19D03C04B2896272784405F9CDF")
+        "8A25D19D03C04B2896272784405F9CDF"
+    )
 
 
 def test_client_frames_match_vectors_byte_for_byte() -> None:
@@ -61,9 +63,17 @@ def test_push_becomes_a_source_message_with_exact_ids() -> None:
     assert isinstance(event, protocol.Push)
     m = event.message
     assert (m.message_id, m.topic, m.user_id, m.data_id) == (
-        2200000000123456789, "taobao_trade_TradeBuyerPay", 2200000001, 4123456789012345678)
+        2200000000123456789,
+        "taobao_trade_TradeBuyerPay",
+        2200000001,
+        4123456789012345678,
+    )
     assert (m.publish_time_ms, m.publisher, m.nick, m.received_ns) == (
-        1700000000123, "12497914", "demo_shop", 42)
+        1700000000123,
+        "12497914",
+        "demo_shop",
+        42,
+    )
     assert '"tid":4123456789012345678' in m.content
 
 
@@ -102,18 +112,36 @@ def test_foreign_token_push_is_ignored_not_delivered() -> None:
 
 def test_gzip_bytearray_content_is_inflated_and_bad_gzip_is_flagged() -> None:
     s = online_session()
-    body = protocol.push_body(7, "taobao_trade_TradeCreate", gzip.compress(b'{"tid":1}'),
-                              publish_time_ms=1, out_time_ms=2, publisher="p", user_id=3,
-                              nick="n", data_id=1)
+    body = protocol.push_body(
+        7,
+        "taobao_trade_TradeCreate",
+        gzip.compress(b'{"tid":1}'),
+        publish_time_ms=1,
+        out_time_ms=2,
+        publisher="p",
+        user_id=3,
+        nick="n",
+        data_id=1,
+    )
     server = protocol.ServerSession({})
     server.token = TOKEN
     server._push_head = codec.encode(Frame(MessageType.SEND, token=TOKEN))[:-2] + (
-        codec.encode_custom("__kind", codec.byte(3)))
+        codec.encode_custom("__kind", codec.byte(3))
+    )
     event = s.receive(server.push(body))
     assert isinstance(event, protocol.Push)
     assert event.message.content == '{"tid":1}'
-    bad = protocol.push_body(8, "t", b"not gzip", publish_time_ms=1, out_time_ms=2,
-                             publisher="p", user_id=3, nick="n", data_id=None)
+    bad = protocol.push_body(
+        8,
+        "t",
+        b"not gzip",
+        publish_time_ms=1,
+        out_time_ms=2,
+        publisher="p",
+        user_id=3,
+        nick="n",
+        data_id=None,
+    )
     event = s.receive(server.push(bad))
     assert isinstance(event, protocol.Push)
     assert event.message.malformed is not None
@@ -121,8 +149,9 @@ def test_gzip_bytearray_content_is_inflated_and_bad_gzip_is_flagged() -> None:
 
 def test_push_without_id_is_a_protocol_error() -> None:
     s = online_session()
-    frame = Frame(MessageType.SEND, token=TOKEN,
-                  custom={"__kind": codec.byte(3), "topic": codec.string("x")})
+    frame = Frame(
+        MessageType.SEND, token=TOKEN, custom={"__kind": codec.byte(3), "topic": codec.string("x")}
+    )
     with pytest.raises(ProtocolError, match="without an id"):
         s.receive(codec.encode(frame))
 
@@ -142,10 +171,19 @@ def test_server_session_full_exchange() -> None:
     assert server.receive(bytes.fromhex(PULL_75)) == protocol.PullRequest()
     assert server.receive(bytes.fromhex(CONFIRM_74)) == protocol.Confirm(2200000000123456789)
     assert server.receive(bytes.fromhex(FAILED_76)) == protocol.Failed(
-        2200000000123456789, "db timeout")
-    body = protocol.push_body(2200000000123456789, "taobao_trade_TradeBuyerPay", "{}",
-                              publish_time_ms=1, out_time_ms=2, publisher="12497914",
-                              user_id=2200000001, nick="demo_shop", data_id=5)
+        2200000000123456789, "db timeout"
+    )
+    body = protocol.push_body(
+        2200000000123456789,
+        "taobao_trade_TradeBuyerPay",
+        "{}",
+        publish_time_ms=1,
+        out_time_ms=2,
+        publisher="12497914",
+        user_id=2200000001,
+        nick="demo_shop",
+        data_id=5,
+    )
     push = codec.decode(server.push(body))
     assert push.token == TOKEN and push.flag == 0
     assert push.custom["id"].fmt is codec.Fmt.INT64
@@ -165,12 +203,15 @@ def test_server_strict_mode_requires_token_and_byte_kind() -> None:
     no_token = Frame(MessageType.SEND, custom={"__kind": codec.byte(1)})
     with pytest.raises(ProtocolError, match="token"):
         server.receive(codec.encode(no_token))
-    string_kind = bytes.fromhex(PULL_75.replace("5f5f6b696e640201", "5f5f6b696e6401010000003100")
-                                [:-4] + "0000")
+    string_kind = bytes.fromhex(
+        PULL_75.replace("5f5f6b696e640201", "5f5f6b696e6401010000003100")[:-4] + "0000"
+    )
     with pytest.raises(ProtocolError):
         server.receive(string_kind)
     lenient = protocol.ServerSession({"12345678": SECRET})
     lenient.accept(lenient.receive(bytes.fromhex(CONNECT_71)), TOKEN)  # type: ignore[arg-type]
-    failed_no_token = Frame(MessageType.SENDACK, custom={
-        "__kind": codec.byte(20), "id": codec.int64(5), "msg": codec.string(None)})
+    failed_no_token = Frame(
+        MessageType.SENDACK,
+        custom={"__kind": codec.byte(20), "id": codec.int64(5), "msg": codec.string(None)},
+    )
     assert lenient.receive(codec.encode(failed_no_token)) == protocol.Failed(5, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,25 @@ ROOT = Path(__file__).parent.parent.parent
 
 
 def msg(topic: str, content: str, **kw: object) -> SourceMessage:
-    return SourceMessage(source="tmc", message_id=2131800080537681927, topic=topic,
-                         content=content, user_id=7, publish_time_ms=1, publisher="12497914",
-                         **kw)  # type: ignore[arg-type]
+    return SourceMessage(
+        source="tmc",
+        message_id=2131800080537681927,
+        topic=topic,
+        content=content,
+        user_id=7,
+        publish_time_ms=1,
+        publisher="12497914",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 ROUTING = RoutingConfig(
     topics={"taobao_trade_*": "tmc.trade", "taobao_refund_*": "tmc.refund", "*": "tmc.other"},
-    keys={"taobao_trade_*": ["tid"], "taobao_refund_*": ["tid", "refund_id"],
-          "taobao_item_*": ["num_iid"]},
+    keys={
+        "taobao_trade_*": ["tid"],
+        "taobao_refund_*": ["tid", "refund_id"],
+        "taobao_item_*": ["num_iid"],
+    },
 )
 
 
@@ -52,8 +63,12 @@ def test_topic_without_key_rule_is_unkeyed() -> None:
 
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [("not json", "not JSON"), ("[1]", "not a JSON object"), ('{"oid":1}', "none of the key"),
-     ('{"tid":1.5}', "is a float")],
+    [
+        ("not json", "not JSON"),
+        ("[1]", "not a JSON object"),
+        ('{"oid":1}', "none of the key"),
+        ('{"tid":1.5}', "is a float"),
+    ],
 )
 def test_permanent_problems_go_to_the_dead_letter_topic(content: str, reason: str) -> None:
     rec = Router(ROUTING).route(msg("taobao_trade_TradeCreate", content))
@@ -88,7 +103,7 @@ def test_dead_letter_of_a_refused_record_is_truncated() -> None:
 
 
 def test_envelope_mode_writes_ids_as_strings() -> None:
-    import json
+
     rec = Router(ROUTING, envelope=True).route(msg("taobao_trade_TradeCreate", '{"tid":1}'))
     doc = json.loads(rec.value)
     assert doc["id"] == "2131800080537681927" and doc["content"] == '{"tid":1}'
@@ -96,8 +111,10 @@ def test_envelope_mode_writes_ids_as_strings() -> None:
 
 BASE = {
     "source": {"type": "tmc", "tmc": {"app_key": "1", "app_secret": "${SECRET}"}},
-    "sink": {"type": "kafka", "kafka": {"bootstrap_servers": "b:9092",
-                                         "transactional_id": "tmc-${HOSTNAME:-local}"}},
+    "sink": {
+        "type": "kafka",
+        "kafka": {"bootstrap_servers": "b:9092", "transactional_id": "tmc-${HOSTNAME:-local}"},
+    },
 }
 
 
@@ -114,8 +131,12 @@ def test_missing_env_var_names_key_and_variable() -> None:
 
 
 def test_unknown_and_bad_keys_are_named_and_secret_not_echoed() -> None:
-    bad = {**BASE, "source": {"tmc": {"app_key": "1", "app_secret": "TOPSECRET",
-                                      "connectionz": 2, "connections": 0}}}
+    bad = {
+        **BASE,
+        "source": {
+            "tmc": {"app_key": "1", "app_secret": "TOPSECRET", "connectionz": 2, "connections": 0}
+        },
+    }
     with pytest.raises(ConfigError) as info:
         cfgmod.parse(bad, env={})
     text = str(info.value)
@@ -128,16 +149,26 @@ def test_secret_file_and_exactly_one_secret(tmp_path: Path) -> None:
     secret.write_text("from-file\n")
     doc = {**BASE, "source": {"tmc": {"app_key": "1", "app_secret_file": str(secret)}}}
     assert cfgmod.parse(doc, env={}).source.tmc.secret() == "from-file"
-    both = {**BASE, "source": {"tmc": {"app_key": "1", "app_secret": "x",
-                                       "app_secret_file": str(secret)}}}
+    both = {
+        **BASE,
+        "source": {"tmc": {"app_key": "1", "app_secret": "x", "app_secret_file": str(secret)}},
+    }
     with pytest.raises(ConfigError, match="exactly one"):
         cfgmod.parse(both, env={})
 
 
 def test_extra_may_not_override_bridge_owned_settings() -> None:
-    doc = {**BASE, "sink": {"kafka": {"bootstrap_servers": "b", "transactional_id": "t",
-                                      "extra": {"enable.idempotence": False}}}}
-    with pytest.raises(ConfigError, match="sink.kafka.extra"):
+    doc = {
+        **BASE,
+        "sink": {
+            "kafka": {
+                "bootstrap_servers": "b",
+                "transactional_id": "t",
+                "extra": {"enable.idempotence": False},
+            }
+        },
+    }
+    with pytest.raises(ConfigError, match=r"sink\.kafka\.extra"):
         cfgmod.parse(doc, env={"SECRET": "x"})
 
 

@@ -1,0 +1,1 @@
+"""Test helpers that run real infrastructure (a single-node Kafka) without Docker."""
