@@ -162,7 +162,7 @@ class PipelineConfig(_Model):
     #: Deliveries held and not yet confirmed; the sources stop reading at this limit.
     max_in_flight: PositiveInt = 20_000
     batch_max_messages: PositiveInt = 2_000
-    batch_linger_ms: Annotated[float, Field(ge=0)] = 50.0
+    batch_linger_ms: Annotated[float, Field(ge=0)] = 20.0
     #: Recently committed message ids remembered, so a redelivery is confirmed, not re-sent.
     dedupe_cache_size: PositiveInt = 200_000
     #: Back-off between attempts of a batch the sink could not commit.

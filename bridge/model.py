@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays object.__setattr__ per field on every message,
+# which showed up in profiles. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class SourceMessage:
     """One business event as received, independent of the source protocol.
 
@@ -52,7 +54,7 @@ class Delivery:
     acks: list[Ack] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutRecord:
     """What a sink writes: topic, key, value bytes and headers, plus the delivery it settles."""
 

@@ -61,6 +61,7 @@ class _Entry:
     key: tuple[str, int]
     delivery: Delivery
     record: OutRecord
+    arrived: float
 
 
 @dataclass(slots=True)
@@ -95,7 +96,6 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{sink.name}-sink")
         self._pending: dict[tuple[str, int], _Entry] = {}
         self._queue: deque[_Entry] = deque()
-        self._oldest_at = 0.0
         self._committed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._has_work = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -142,10 +142,8 @@ class Pipeline:
             # Draining: not accepted, not confirmed; the source will redeliver it.
             return
         self.stats.received += 1
-        entry = _Entry(key, delivery, self._router.route(msg))
+        entry = _Entry(key, delivery, self._router.route(msg), self._clock())
         self._pending[key] = entry
-        if not self._queue:
-            self._oldest_at = self._clock()
         self._queue.append(entry)
         self._has_work.set()
 
@@ -165,15 +163,16 @@ class Pipeline:
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            wait = self._oldest_at + linger_s - self._clock()
+            # Linger counts from the oldest queued message: what waited while the
+            # previous batch was committing goes out at once, so under load batches
+            # grow by themselves and an idle bridge still adds at most linger_ms.
+            wait = self._queue[0].arrived + linger_s - self._clock()
             if len(self._queue) < max_batch and wait > 0 and not self._closed:
                 self._has_work.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._has_work.wait(), wait)
                 continue
             batch = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
-            if self._queue:
-                self._oldest_at = self._clock()
             if not await self._write(batch):
                 return
         # Aborted: whatever is still queued stays unconfirmed; the source redelivers it.

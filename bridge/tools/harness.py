@@ -53,6 +53,14 @@ class Child:
         self._log.close()
         return self.proc.returncode
 
+    def cpu_seconds(self) -> float:
+        """User+system CPU time of the (still running) child, from /proc (Linux)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])

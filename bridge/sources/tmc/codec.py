@@ -96,9 +96,44 @@ _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
 _INT_STRUCT = {Fmt.BYTE: _I8, Fmt.INT16: _I16, Fmt.INT32: _I32, Fmt.INT64: _I64, Fmt.DATE: _I64}
 _FMT_BY_CODE = {f.value: f for f in Fmt}
+_I16_UNPACK = _I16.unpack_from
+_I32_UNPACK = _I32.unpack_from
+#: Fixed-width formats: code -> (width, unpack_from).
+_INT_UNPACK = {int(f): (st.size, st.unpack_from) for f, st in _INT_STRUCT.items()}
 _TYPE_BY_CODE = {t.value: t for t in MessageType}
 
 _MIN_FRAME = 4  # version, type, and at least the int16 EndOfHeaders
+
+
+def _overrun(what: str, n: int, pos: int, size: int) -> FrameError:
+    return FrameError(
+        f"{what} needs {n} bytes at offset {pos}, only {size - pos} left (frame is {size} bytes)"
+    )
+
+
+def _read_counted(  # noqa: PLR0917 - hot path: positional is cheaper
+    buf: bytes, pos: int, size: int, what: str, errors: str, key: str | None = None
+) -> tuple[str, int]:
+    """A counted string (§4.4) at ``pos``; returns it and the offset after it.
+
+    ``key`` names the Custom entry in error messages; the label is only built on error.
+    """
+    if pos + 4 <= size:
+        length = _I32_UNPACK(buf, pos)[0]
+        end = pos + 4 + length
+        if length >= 0 and end <= size:
+            try:
+                return buf[pos + 4 : end].decode("utf-8", errors), end
+            except UnicodeDecodeError as exc:
+                label = what if key is None else f"{what} of {key!r}"
+                raise FrameError(f"{label} is not valid UTF-8 at offset {pos + 4}") from exc
+    label = what if key is None else f"{what} of {key!r}"
+    if pos + 4 > size:
+        raise _overrun(f"{label} length", 4, pos, size)
+    length = _I32_UNPACK(buf, pos)[0]
+    if length < 0:
+        raise FrameError(f"negative {label} length {length} at offset {pos}")
+    raise _overrun(label, length, pos + 4, size)
 
 
 def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -> Frame:
@@ -106,6 +141,9 @@ def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -
 
     ``strict_utf8`` is for the simulator, which should catch client bugs; the client
     replaces bad bytes so that one odd nick cannot stall a connection (§4.6 rule 6).
+
+    This is the hot path of the bridge (one call per message), hence plain integers
+    instead of enum members and no closures; every length is still checked before use.
     """
     buf = bytes(data)
     size = len(buf)
@@ -119,77 +157,62 @@ def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -
         raise FrameError(f"unknown message type {buf[1]} at offset 1")
     errors = "strict" if strict_utf8 else "replace"
     frame = Frame(type=mtype, version=version)
+    custom = frame.custom
+    new_value = tuple.__new__
     pos = 2
-
-    def need(n: int, what: str) -> None:
-        if n < 0 or pos + n > size:
-            raise FrameError(
-                f"{what} needs {n} bytes at offset {pos}, only {size - pos} left "
-                f"(frame is {size} bytes)"
-            )
-
-    def counted_string(what: str) -> str:
-        nonlocal pos
-        need(4, f"{what} length")
-        (length,) = _I32.unpack_from(buf, pos)
-        if length < 0:
-            raise FrameError(f"negative {what} length {length} at offset {pos}")
-        pos += 4
-        need(length, what)
-        raw = buf[pos : pos + length]
-        pos += length
-        try:
-            return raw.decode("utf-8", errors)
-        except UnicodeDecodeError as exc:
-            raise FrameError(f"{what} is not valid UTF-8 at offset {pos - length}") from exc
-
     while True:
-        need(2, "header type")
-        (htype,) = _I16.unpack_from(buf, pos)
+        if pos + 2 > size:
+            raise _overrun("header type", 2, pos, size)
+        htype = _I16_UNPACK(buf, pos)[0]
         pos += 2
-        if htype == HeaderType.END:
-            # Trailing bytes after EndOfHeaders are ignored, like the Java reader (§4.1).
-            return frame
-        if htype == HeaderType.CUSTOM:
-            key = counted_string("custom key")
-            need(1, f"value format of {key!r}")
+        if htype == 1:  # Custom
+            key, pos = _read_counted(buf, pos, size, "custom key", errors)
+            if pos >= size:
+                raise _overrun(f"value format of {key!r}", 1, pos, size)
             code = buf[pos]
-            fmt = _FMT_BY_CODE.get(code)
-            if fmt is None:
-                raise FrameError(f"unknown value format {code} for key {key!r} at offset {pos}")
             pos += 1
             value: ValueData
-            if fmt is Fmt.VOID:
+            if code == 1:
+                value, pos = _read_counted(buf, pos, size, "value", errors, key)
+            elif code in _INT_UNPACK:
+                width, unpack = _INT_UNPACK[code]
+                if pos + width > size:
+                    raise _overrun(f"{_FMT_BY_CODE[code].name} value of {key!r}", width, pos, size)
+                value = unpack(buf, pos)[0]
+                pos += width
+            elif code == 0:
                 value = None
-            elif fmt is Fmt.STRING:
-                value = counted_string(f"value of {key!r}")
-            elif fmt is Fmt.BYTE_ARRAY:
-                need(4, f"byte array length of {key!r}")
-                (length,) = _I32.unpack_from(buf, pos)
+            elif code == 7:
+                if pos + 4 > size:
+                    raise _overrun(f"byte array length of {key!r}", 4, pos, size)
+                length = _I32_UNPACK(buf, pos)[0]
                 if length < 0:
                     raise FrameError(f"negative byte array length {length} for key {key!r}")
                 pos += 4
-                need(length, f"byte array of {key!r}")
+                if pos + length > size:
+                    raise _overrun(f"byte array of {key!r}", length, pos, size)
                 value = buf[pos : pos + length]
                 pos += length
             else:
-                st = _INT_STRUCT[fmt]
-                need(st.size, f"{fmt.name} value of {key!r}")
-                (value,) = st.unpack_from(buf, pos)
-                pos += st.size
-            frame.custom[key] = Value(fmt, value)
-        elif htype == HeaderType.STATUS_CODE:
-            need(4, "status code")
-            (frame.status_code,) = _I32.unpack_from(buf, pos)
+                raise FrameError(f"unknown value format {code} for key {key!r} at offset {pos - 1}")
+            custom[key] = new_value(Value, (_FMT_BY_CODE[code], value))
+        elif htype == 0:
+            # Trailing bytes after EndOfHeaders are ignored, like the Java reader (§4.1).
+            return frame
+        elif htype == 5:
+            frame.token, pos = _read_counted(buf, pos, size, "token", errors)
+        elif htype == 4:
+            if pos + 4 > size:
+                raise _overrun("flag", 4, pos, size)
+            frame.flag = _I32_UNPACK(buf, pos)[0]
             pos += 4
-        elif htype == HeaderType.STATUS_PHRASE:
-            frame.status_phrase = counted_string("status phrase")
-        elif htype == HeaderType.FLAG:
-            need(4, "flag")
-            (frame.flag,) = _I32.unpack_from(buf, pos)
+        elif htype == 2:
+            if pos + 4 > size:
+                raise _overrun("status code", 4, pos, size)
+            frame.status_code = _I32_UNPACK(buf, pos)[0]
             pos += 4
-        elif htype == HeaderType.TOKEN:
-            frame.token = counted_string("token")
+        elif htype == 3:
+            frame.status_phrase, pos = _read_counted(buf, pos, size, "status phrase", errors)
         else:
             # An unknown header type has an unknown length: nothing after it can be trusted.
             raise FrameError(f"unknown header type {htype} at offset {pos - 2}")

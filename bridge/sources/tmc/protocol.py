@@ -189,6 +189,7 @@ class ClientSession:
 
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
+_I8 = struct.Struct("<b")
 _KIND_PULL = codec.encode_custom("__kind", codec.byte(Kind.PULL_REQUEST))
 _KIND_CONFIRM = codec.encode_custom("__kind", codec.byte(Kind.CONFIRM))
 _KIND_FAILED = codec.encode_custom("__kind", codec.byte(Kind.FAILED))
@@ -407,6 +408,48 @@ class ServerSession:
         return self._push_head + body + b"\x00\x00"
 
 
+def push_static(
+    message_id: int,
+    topic: str,
+    content: str | bytes,
+    *,
+    publish_time_ms: int,
+    publisher: str,
+    user_id: int,
+    nick: str,
+    data_id: int | None,
+) -> bytes:
+    """The Custom entries of a push that do not change between attempts, in the canonical
+    formats of §4.5 / §6.1 (``id`` Int64, ``time`` Date, ...). Encoded once per message."""
+    parts = [
+        _ID_KEY + _I64.pack(message_id),
+        codec.encode_custom("topic", codec.string(topic)),
+        codec.encode_custom(
+            "content",
+            Value(Fmt.BYTE_ARRAY, content) if isinstance(content, bytes) else codec.string(content),
+        ),
+        codec.encode_custom("time", codec.date_ms(publish_time_ms)),
+        codec.encode_custom("publisher", codec.string(publisher)),
+        codec.encode_custom("userid", codec.int64(user_id)),
+        codec.encode_custom("nick", codec.string(nick)),
+    ]
+    if data_id is not None:
+        parts.append(codec.encode_custom("dataid", codec.int64(data_id)))
+    return b"".join(parts)
+
+
+_OUTTIME_KEY = codec.encode_custom("outtime", codec.date_ms(0))[:-8]
+_RETRIED_KEY = codec.encode_custom("retried", codec.byte(0))[:-1]
+
+
+def push_extras(out_time_ms: int, retried: int | None = None) -> bytes:
+    """The per-attempt entries: ``outtime`` (Date) and, on redelivery, ``retried`` (Byte)."""
+    extra = _OUTTIME_KEY + _I64.pack(out_time_ms)
+    if retried is not None:
+        extra += _RETRIED_KEY + _I8.pack(min(retried, 127))
+    return extra
+
+
 def push_body(
     message_id: int,
     topic: str,
@@ -420,25 +463,17 @@ def push_body(
     data_id: int | None,
     retried: int | None = None,
 ) -> bytes:
-    """The Custom entries of a push in the canonical formats of §4.5 / §6.1."""
-    parts = [
-        _ID_KEY[:-1] + b"\x05" + _I64.pack(message_id),
-        codec.encode_custom("topic", codec.string(topic)),
-        codec.encode_custom(
-            "content",
-            Value(Fmt.BYTE_ARRAY, content) if isinstance(content, bytes) else codec.string(content),
-        ),
-        codec.encode_custom("time", codec.date_ms(publish_time_ms)),
-        codec.encode_custom("outtime", codec.date_ms(out_time_ms)),
-        codec.encode_custom("publisher", codec.string(publisher)),
-        codec.encode_custom("userid", codec.int64(user_id)),
-        codec.encode_custom("nick", codec.string(nick)),
-    ]
-    if data_id is not None:
-        parts.append(codec.encode_custom("dataid", codec.int64(data_id)))
-    if retried is not None:
-        parts.append(codec.encode_custom("retried", codec.byte(min(retried, 127))))
-    return b"".join(parts)
+    """All Custom entries of one push attempt (static part + per-attempt part)."""
+    return push_static(
+        message_id,
+        topic,
+        content,
+        publish_time_ms=publish_time_ms,
+        publisher=publisher,
+        user_id=user_id,
+        nick=nick,
+        data_id=data_id,
+    ) + push_extras(out_time_ms, retried)
 
 
 __all__ = [
@@ -457,5 +492,7 @@ __all__ = [
     "ServerEvent",
     "ServerSession",
     "push_body",
+    "push_extras",
+    "push_static",
     "sign",
 ]
