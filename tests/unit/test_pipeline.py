@@ -1,0 +1,223 @@
+"""Pipeline decisions (ordering, retries, dead letters, dedupe, back-pressure) with a
+scripted in-memory sink. Broker behaviour itself is covered by tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from bridge.config import PipelineConfig, RoutingConfig
+from bridge.errors import SinkError, SinkStopped
+from bridge.model import Delivery, OutRecord, SourceMessage
+from bridge.pipeline.engine import Pipeline
+from bridge.pipeline.routing import Router
+
+
+class Ack:
+    def __init__(self, log: list[tuple[str, int]], msg_id: int) -> None:
+        self.log, self.id = log, msg_id
+
+    def confirm(self) -> None:
+        self.log.append(("confirm", self.id))
+
+    def fail(self, reason: str) -> None:
+        self.log.append(("fail", self.id))
+
+
+class ScriptedSink:
+    """Each write pops the next scripted outcome: None = commit, an exception = raise,
+    a list = refusals."""
+
+    name = "scripted"
+
+    def __init__(self, script: list[object] | None = None) -> None:
+        self.script = list(script or [])
+        self.batches: list[list[OutRecord]] = []
+        self.committed: list[OutRecord] = []
+        self.rebuilds = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.stopped = False
+
+    def start(self) -> None:
+        pass
+
+    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
+        self.gate.wait(10)
+        if self.stopped:
+            raise SinkStopped("stopped")
+        self.batches.append(list(records))
+        outcome = self.script.pop(0) if self.script else None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if isinstance(outcome, list):
+            return outcome
+        self.committed.extend(records)
+        return []
+
+    def rebuild(self) -> None:
+        self.rebuilds += 1
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.gate.set()
+
+    def close(self) -> None:
+        pass
+
+
+def delivery(log: list[tuple[str, int]], i: int, content: str | None = None) -> Delivery:
+    body = content if content is not None else f'{{"tid": {1000 + i % 3}}}'
+    msg = SourceMessage("tmc", i, "taobao_trade_TradeCreate", body)
+    return Delivery(msg, [Ack(log, i)])
+
+
+def make(sink: ScriptedSink, **cfg: object) -> Pipeline:
+    base = {
+        "batch_max_messages": 4,
+        "batch_linger_ms": 0,
+        "retry_backoff_min_s": 0.01,
+        "retry_backoff_max_s": 0.02,
+    }
+    return Pipeline(PipelineConfig(**{**base, **cfg}), Router(RoutingConfig()), sink)  # type: ignore[arg-type]
+
+
+async def drain(pipeline: Pipeline) -> None:
+    pipeline.close()
+    await asyncio.wait_for(pipeline.run(), 10)
+
+
+async def test_confirms_follow_commits_in_arrival_order() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    p = make(sink)
+    for i in range(10):
+        await p.submit(delivery(log, i))
+    assert log == []  # nothing confirmed before a commit
+    await drain(p)
+    assert [len(b) for b in sink.batches] == [4, 4, 2]
+    assert log == [("confirm", i) for i in range(10)]
+    ids = [int(dict(r.headers)["tmc.message_id"]) for r in sink.committed]
+    assert ids == list(range(10))
+
+
+async def test_failed_batch_is_resent_whole_before_later_ones_and_not_confirmed_early() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([None, SinkError("abortable"), SinkError("again")])
+    p = make(sink)
+    for i in range(8):
+        await p.submit(delivery(log, i))
+    await drain(p)
+    sent = [[int(dict(r.headers)["tmc.message_id"]) for r in b] for b in sink.batches]
+    assert sent == [[0, 1, 2, 3], [4, 5, 6, 7], [4, 5, 6, 7], [4, 5, 6, 7]]
+    assert log == [("confirm", i) for i in range(8)]
+    assert p.stats.batch_retries == 2
+
+
+async def test_fatal_error_rebuilds_the_sink_then_resends() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([SinkError("fenced", fatal=True)])
+    p = make(sink)
+    await p.submit(delivery(log, 1))
+    await drain(p)
+    assert sink.rebuilds == 1 and len(sink.batches) == 2 and log == [("confirm", 1)]
+
+
+async def test_refused_record_is_dead_lettered_and_the_rest_kept_in_order() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([[(1, "MSG_SIZE_TOO_LARGE: too big")]])
+    p = make(sink)
+    for i in range(3):
+        await p.submit(delivery(log, i))
+    await drain(p)
+    topics = [r.topic for r in sink.committed]
+    assert topics == ["tmc.messages", "tmc.dlq", "tmc.messages"]
+    assert dict(sink.committed[1].headers)["tmc.dlq.reason"] == b"MSG_SIZE_TOO_LARGE: too big"
+    assert log == [("confirm", 0), ("confirm", 1), ("confirm", 2)]
+    assert p.stats.dead_lettered == 1
+
+
+async def test_unparseable_content_is_dead_lettered_then_confirmed() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    p = make(sink)
+    await p.submit(delivery(log, 1, "{oops"))
+    await drain(p)
+    assert sink.committed[0].topic == "tmc.dlq" and log == [("confirm", 1)]
+
+
+async def test_redeliveries_are_folded_or_confirmed_from_the_committed_cache() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    p = make(sink)
+    await p.submit(delivery(log, 1))
+    await p.submit(delivery(log, 1))  # redelivered while in flight
+    runner = asyncio.create_task(p.run())
+    await asyncio.sleep(0.1)
+    assert log == [("confirm", 1), ("confirm", 1)]  # both acks settle on the one commit
+    await p.submit(delivery(log, 1))  # redelivered after commit: confirmed at once
+    assert log[-1] == ("confirm", 1) and len(sink.committed) == 1
+    assert (p.stats.duplicates_in_flight, p.stats.duplicates_committed) == (1, 1)
+    p.close()
+    await runner
+
+
+async def test_submit_waits_when_max_in_flight_is_reached() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    sink.gate.clear()  # the sink hangs: nothing commits
+    p = make(sink, max_in_flight=3)
+    runner = asyncio.create_task(p.run())
+    for i in range(3):
+        await p.submit(delivery(log, i))
+    blocked = asyncio.create_task(p.submit(delivery(log, 3)))
+    await asyncio.sleep(0.1)
+    assert not blocked.done() and p.in_flight == 3
+    sink.gate.set()
+    await asyncio.wait_for(blocked, 5)
+    p.close()
+    await asyncio.wait_for(runner, 5)
+    assert [x for _, x in log] == [0, 1, 2, 3]
+
+
+async def test_give_up_hands_the_batch_and_the_queue_behind_back_as_failed() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([SinkError("down")] * 100)
+    p = make(sink, give_up_after_s=0.05, batch_max_messages=2)
+    for i in range(5):
+        await p.submit(delivery(log, i))
+    await drain(p)
+    assert sorted(log) == [("fail", i) for i in range(5)]
+    assert p.in_flight == 0 and p.stats.failed_back == 5
+
+
+async def test_abort_confirms_nothing_uncommitted() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    sink.gate.clear()
+    p = make(sink)
+    runner = asyncio.create_task(p.run())
+    await p.submit(delivery(log, 1))
+    await asyncio.sleep(0.05)
+    p.abort()
+    await asyncio.wait_for(runner, 5)
+    assert log == [] and p.in_flight == 1
+
+
+@pytest.mark.parametrize("n", [1, 7])
+async def test_linger_holds_a_small_batch_until_it_expires(n: int) -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    p = make(sink, batch_linger_ms=100, batch_max_messages=100)
+    runner = asyncio.create_task(p.run())
+    for i in range(n):
+        await p.submit(delivery(log, i))
+    await asyncio.sleep(0.03)
+    assert sink.batches == []
+    await asyncio.sleep(0.15)
+    assert len(sink.batches) == 1 and len(sink.batches[0]) == n
+    p.close()
+    await runner
