@@ -86,3 +86,7 @@ class Bridge:
             committed=self.pipeline.stats.committed,
             left_unconfirmed=self.pipeline.in_flight,
         )
+        error = writer.exception() if writer.done() and not writer.cancelled() else None
+        if error is not None:
+            # A bug in the pipeline: nothing more was confirmed; surface it as a failure.
+            raise error
