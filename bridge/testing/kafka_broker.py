@@ -89,9 +89,24 @@ def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _condensed_tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    """Tail without Java stack frames, so the "Caused by: ..." root causes fit in the tail."""
+    kept = [
+        line
+        for line in text.splitlines()
+        if not line.lstrip().startswith("at ") and not line.lstrip().startswith("... ")
+    ]
+    return _tail("\n".join(kept), lines)
+
+
 def _pom_digest() -> str:
     """Identify the pom content, so editing the pom invalidates an existing cache."""
-    return hashlib.sha256(_POM_FILE.read_bytes()).hexdigest()
+    try:
+        return hashlib.sha256(_POM_FILE.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise BrokerError(
+            f"{_POM_FILE} is missing: it must be shipped as package data of bridge.testing"
+        ) from None
 
 
 def _require_tool(name: str, why: str) -> str:
@@ -245,7 +260,8 @@ _LOG4J2_PROPERTIES = """\
 # Root at WARN keeps the log short; KafkaRaftServer at INFO prints "Kafka Server started".
 status = warn
 name = tmc-bridge-test-kafka
-# Kafka stops log4j itself; log4j's own hook only complains when the JVM is already exiting.
+# Log4j's own hook only prints a warning when registered while the JVM is exiting, and the
+# console appender needs no flushing at shutdown.
 shutdownHook = disable
 appender.console.type = Console
 appender.console.name = STDOUT
@@ -258,7 +274,7 @@ logger.raftserver.level = info
 """
 
 _JVM_FLAGS = (
-    # Measured on the 2-core CI machine (start to first metadata answer, 3 rounds each):
+    # Measured on a 2-core machine (start to first metadata answer, 2-5 rounds each):
     # G1 3.6-4.5 s cold / 2.5-2.9 s warm; G1 + C1-only 2.8-3.7 / 2.1-2.7; Serial + C1-only
     # 2.8-3.4 / 2.3-3.0 with ~70 MB less RSS (345 MB vs 415 MB). C1-only (TieredStopAtLevel=1)
     # is the real win and costs no measurable throughput at test volumes (20k transactional
@@ -477,13 +493,14 @@ class KafkaBroker:
             code = proc.poll()
             if code is not None:
                 raise BrokerError(
-                    f"Kafka exited with code {code} during startup:\n{self.log_tail()}"
+                    f"Kafka exited with code {code} during startup ({self.log_path}):\n"
+                    f"{_condensed_tail(self._log_since(log_offset))}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerError(
-                    f"Kafka not ready at {self.bootstrap} after {timeout_s:.0f}s:\n"
-                    f"{self.log_tail()}"
+                    f"Kafka not ready at {self.bootstrap} after {timeout_s:.0f}s "
+                    f"({self.log_path}):\n{_condensed_tail(self._log_since(log_offset))}"
                 )
             # The socket is bound (and connect() succeeds via the backlog) well before the
             # broker serves requests, so a metadata round trip is the real readiness test.
@@ -534,11 +551,8 @@ class KafkaBroker:
         self._reap()
 
     def _reap(self) -> None:
-        proc = self._proc
-        if proc is not None:
-            # Catch anything the JVM left in its process group after it exited by itself.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        # No group-wide kill after the JVM has been reaped: it spawns no children, and its
+        # pgid could by then belong to an unrelated new session.
         _RUNNING.discard(self)
 
     def __enter__(self) -> KafkaBroker:
