@@ -209,13 +209,22 @@ class Pipeline:
                 backoff = min(backoff * 2, self._config.retry_backoff_max_s)
                 continue
             if refused:
+                stuck = False
                 for index, reason in refused:
-                    records[index] = self._router.dead_letter(records[index], reason)
+                    before = records[index]
+                    records[index] = self._router.dead_letter(before, reason)
+                    stuck = stuck or records[index] is before
                     log.warning(
                         "record refused by the sink, dead-lettering",
                         message_id=batch[index].key[1],
                         reason=reason,
                     )
+                if stuck:
+                    # Even an empty dead letter was refused (e.g. an invalid dead-letter
+                    # topic): a configuration problem. Keep trying, but not in a hot loop.
+                    log.error("dead-letter record refused; check routing.dead_letter_topic")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._config.retry_backoff_max_s)
                 continue
             self._settle(batch, records, self._clock() - started)
             return True

@@ -98,8 +98,19 @@ class Router:
     def dead_letter(self, record: OutRecord, reason: str) -> OutRecord:
         """The dead-letter twin of a record the sink refused (e.g. too large)."""
         if record.dead_letter_reason is not None:
-            # Already a dead letter: it only needs to fit, which truncation ensures.
-            return record
+            # A dead letter refused in its turn (the dead-letter topic accepts less than
+            # dead_letter_max_value_bytes): keep key and headers, which carry the reason and
+            # the message id, and drop the value. An empty value is refused no further.
+            if not record.value:
+                return record
+            headers = tuple(h for h in record.headers if h[0] != H_DLQ_TRUNCATED)
+            return OutRecord(
+                topic=record.topic,
+                key=record.key,
+                value=b"",
+                headers=(*headers, (H_DLQ_TRUNCATED, b"true")),
+                dead_letter_reason=record.dead_letter_reason,
+            )
         return self._dead(record.value, record.headers, reason, record.topic, record.key)
 
     def _dead(

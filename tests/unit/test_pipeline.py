@@ -221,3 +221,18 @@ async def test_linger_holds_a_small_batch_until_it_expires(n: int) -> None:
     assert len(sink.batches) == 1 and len(sink.batches[0]) == n
     p.close()
     await runner
+
+
+async def test_refused_dead_letter_is_emptied_then_written() -> None:
+    """A dead letter the broker refuses too (small dead-letter topic) loses its value but
+    keeps its headers, so it is still written and the message is still confirmed."""
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([[(0, "MSG_SIZE_TOO_LARGE")], [(0, "MSG_SIZE_TOO_LARGE")]])
+    p = make(sink)
+    await p.submit(delivery(log, 1))
+    await drain(p)
+    [record] = sink.committed
+    headers = dict(record.headers)
+    assert record.topic == "tmc.dlq" and record.value == b""
+    assert headers["tmc.dlq.truncated"] == b"true" and headers["tmc.message_id"] == b"1"
+    assert log == [("confirm", 1)] and len(sink.batches) == 3
