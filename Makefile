@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m bridge.tools.librocketmq
 	touch $(STAMP)
 
 # Kafka jars from Maven Central into .cache/ (git-ignored; downloaded once).

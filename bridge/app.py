@@ -10,16 +10,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import structlog
 
 from bridge.config import BridgeConfig
+from bridge.model import Delivery
 from bridge.pipeline.engine import BatchSink, Pipeline
 from bridge.pipeline.routing import Router
-from bridge.sinks.kafka import KafkaSink
-from bridge.sources.tmc.client import TmcSource
 
 log = structlog.get_logger("bridge.app")
+
+
+class Source(Protocol):
+    """What the bridge needs of a source (TMC WebSocket, ONS push consumer)."""
+
+    def start(self) -> None: ...
+
+    async def stop_reading(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def build_sink(config: BridgeConfig) -> BatchSink:
+    # Imported here so a Kafka bridge never loads librocketmq, and the other way round.
+    if config.sink.type == "rocketmq":
+        from bridge.sinks.rocketmq import RocketMQSink
+
+        return RocketMQSink(config.sink.rocketmq_config)
+    from bridge.sinks.kafka import KafkaSink
+
+    return KafkaSink(config.sink.kafka_config)
+
+
+def build_source(
+    config: BridgeConfig, submit: Callable[[Delivery], Coroutine[Any, Any, None]]
+) -> Source:
+    if config.source.type == "ons":
+        from bridge.sources.ons import OnsSource
+
+        return OnsSource(config.source.ons_config, submit)
+    from bridge.sources.tmc.client import TmcSource
+
+    return TmcSource(config.source.tmc_config, submit)
+
+
+def describe(config: BridgeConfig) -> dict[str, object]:
+    """Source and sink in a few log fields (no secrets)."""
+    fields: dict[str, object] = {"source": config.source.type, "sink": config.sink.type}
+    if config.source.tmc is not None:
+        fields.update(group=config.source.tmc.group, connections=config.source.tmc.connections)
+    if config.source.ons is not None:
+        fields.update(group=config.source.ons.group_id, topics=config.source.ons.topics)
+    return fields
 
 
 class Bridge:
@@ -27,11 +71,10 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, *, sink: BatchSink | None = None) -> None:
         self.config = config
-        kafka = config.sink.kafka
-        self.router = Router(config.routing, envelope=kafka.value_format == "envelope")
-        self.sink: BatchSink = sink or KafkaSink(kafka)
+        self.router = Router(config.routing, envelope=config.sink.value_format == "envelope")
+        self.sink: BatchSink = sink or build_sink(config)
         self.pipeline = Pipeline(config.pipeline, self.router, self.sink)
-        self.source = TmcSource(config.source.tmc, self.pipeline.submit)
+        self.source = build_source(config, self.pipeline.submit)
         self.stopping = asyncio.Event()
         self.aborting = asyncio.Event()
 
@@ -44,13 +87,7 @@ class Bridge:
         self.stopping.set()
 
     async def run(self) -> None:
-        log.info(
-            "bridge starting",
-            source="tmc",
-            sink=self.sink.name,
-            group=self.config.source.tmc.group,
-            connections=self.config.source.tmc.connections,
-        )
+        log.info("bridge starting", **describe(self.config))
         sink_ready = asyncio.create_task(self.pipeline.start_sink())
         stop_wait = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({sink_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)

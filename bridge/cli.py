@@ -43,13 +43,27 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from bridge import config as config_mod
 
     cfg = config_mod.load(Path(args.config))
-    cfg.source.tmc.secret()  # a secret file must be readable too
-    tmc, kafka = cfg.source.tmc, cfg.sink.kafka
-    print(
-        f"config ok: tmc {tmc.url} app_key={tmc.app_key} group={tmc.group} "
-        f"connections={tmc.connections} -> kafka {kafka.bootstrap_servers} "
-        f"transactional_id={kafka.transactional_id} routes={len(cfg.routing.topics)}"
-    )
+    # Secret files must be readable too, and a RocketMQ side needs its native library.
+    if cfg.source.tmc is not None:
+        tmc = cfg.source.tmc
+        tmc.secret()
+        source = f"tmc {tmc.url} app_key={tmc.app_key} group={tmc.group}"
+    else:
+        ons = cfg.source.ons_config
+        ons.credentials("source.ons.secret_key_file")
+        source = f"ons {ons.name_server or ons.name_server_domain} group={ons.group_id}"
+    if cfg.sink.kafka is not None:
+        kafka = cfg.sink.kafka
+        sink = f"kafka {kafka.bootstrap_servers} transactional_id={kafka.transactional_id}"
+    else:
+        rmq = cfg.sink.rocketmq_config
+        rmq.credentials("sink.rocketmq.secret_key_file")
+        sink = f"rocketmq {rmq.name_server or rmq.name_server_domain} mode={rmq.mode}"
+    if cfg.sink.type == "rocketmq" or cfg.source.type == "ons":
+        from bridge import rocketmq_sdk
+
+        rocketmq_sdk.ensure_library()
+    print(f"config ok: {source} -> {sink} routes={len(cfg.routing.topics)}")
     return 0
 
 

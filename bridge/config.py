@@ -7,9 +7,12 @@ Rules a user can rely on:
 * ``${VAR}`` and ``${VAR:-default}`` are replaced in every string value from the process
   environment, before validation. A missing variable without default is an error naming
   both the key and the variable.
-* Secrets (``app_secret``, values under ``sink.kafka.extra`` whose name contains
-  ``password`` or ``secret``) are ``SecretStr``: they are never part of a repr, a log line
-  or an error message; pydantic is told to hide inputs in its errors.
+* Secrets (``app_secret``, RocketMQ/ONS ``secret_key``, values under ``sink.kafka.extra``)
+  are ``SecretStr`` or treated as such: they are never part of a repr, a log line or an
+  error message; pydantic is told to hide inputs in its errors. Each secret can also come
+  from a file (``*_file``), e.g. a mounted Kubernetes Secret.
+* ``source.type`` / ``sink.type`` pick the adapter; exactly the section of that name must
+  be present (``source.tmc`` or ``source.ons``, ``sink.kafka`` or ``sink.rocketmq``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pydantic import (
 
 from bridge.errors import ConfigError
 
+#: RocketMQ's own topic rule (TopicValidator): no dots, unlike Kafka.
+_ROCKETMQ_TOPIC = re.compile(r"^[%|a-zA-Z0-9_-]{1,127}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -79,20 +84,115 @@ class TmcSourceConfig(_Model):
 
     def secret(self) -> str:
         """The app secret, read from the file when configured that way."""
-        if self.app_secret is not None:
-            return self.app_secret.get_secret_value()
-        assert self.app_secret_file is not None
-        try:
-            return self.app_secret_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"source.tmc.app_secret_file: cannot read {self.app_secret_file}: {exc.strerror}"
-            ) from None
+        return _secret(self.app_secret, self.app_secret_file, "source.tmc.app_secret_file")
+
+
+def _secret(value: SecretStr | None, path: Path | None, key: str) -> str:
+    if value is not None:
+        return value.get_secret_value()
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+class RocketMQClientConfig(_Model):
+    """Connection settings shared by the RocketMQ sink and the ONS source.
+
+    The name server is either a ``host:port;host:port`` list or the URL of an address
+    server (ONS ``ONSAddr`` style), from which the client fetches and refreshes the list.
+    Credentials are ONS/ACL AccessKey + SecretKey; the client signs every request with the
+    channel as part of the signed data, and sends nothing signed if the channel is empty.
+    """
+
+    name_server: str | None = None
+    name_server_domain: str | None = None
+    access_key: str | None = None
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    channel: str = "ALIYUN"
+    #: Client instance name; two clients of one group in one process need different ones.
+    instance_name: str | None = None
+
+    @model_validator(mode="after")
+    def _addresses_and_credentials(self) -> RocketMQClientConfig:
+        if (self.name_server is None) == (self.name_server_domain is None):
+            raise ValueError("set exactly one of name_server and name_server_domain")
+        if self.name_server is not None:
+            for addr in self.name_server.split(";"):
+                host, _, port = addr.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"name_server: {addr!r} is not host:port")
+        if self.name_server_domain is not None and not self.name_server_domain.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("name_server_domain must be an http(s):// address-server URL")
+        has_secret = self.secret_key is not None or self.secret_key_file is not None
+        if self.secret_key is not None and self.secret_key_file is not None:
+            raise ValueError("set only one of secret_key and secret_key_file")
+        if (self.access_key is None) != (not has_secret):
+            raise ValueError("access_key and secret_key (or secret_key_file) go together")
+        if not self.channel.strip():
+            raise ValueError("channel must not be empty (the client signs nothing without it)")
+        return self
+
+    def credentials(self, key: str) -> tuple[str, str, str] | None:
+        """(access key, secret key, channel), or None when the cluster has no ACL."""
+        if self.access_key is None:
+            return None
+        return (self.access_key, _secret(self.secret_key, self.secret_key_file, key), self.channel)
+
+
+class OnsSourceConfig(RocketMQClientConfig):
+    """Jushita message sync / Alibaba Cloud ONS topics (shared/jushita-ons.md).
+
+    Jushita's legacy ONS takes the app key and app secret as AccessKey/SecretKey with
+    channel ``CLOUD``; Alibaba Cloud's own ONS uses ``ALIYUN``.
+    """
+
+    #: Consumer group (Jushita requires the ``CID_`` prefix there; any name locally).
+    group_id: str
+    #: One topic per app on Jushita: ``rmq_sys_jst_<appkey>``.
+    topics: list[str] = Field(min_length=1)
+    #: Subscription expression: ``*`` or TMC topic names joined with ``||``.
+    tag_expression: str = "*"
+    channel: str = "CLOUD"
+    #: One consumer thread per queue, in queue order; a failure suspends the queue
+    #: and retries locally instead of sending the message back with a delay.
+    orderly: bool = False
+    #: Consumer threads. Each one waits for its message to be committed downstream,
+    #: so this bounds the messages in flight (and the throughput) in concurrent mode.
+    consume_threads: PositiveInt = 64
 
 
 class SourceConfig(_Model):
-    type: Literal["tmc"] = "tmc"
-    tmc: TmcSourceConfig
+    type: Literal["tmc", "ons"] = "tmc"
+    tmc: TmcSourceConfig | None = None
+    ons: OnsSourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_of_type(self) -> SourceConfig:
+        _one_section("source", self.type, {"tmc": self.tmc, "ons": self.ons})
+        return self
+
+    @property
+    def tmc_config(self) -> TmcSourceConfig:
+        assert self.tmc is not None
+        return self.tmc
+
+    @property
+    def ons_config(self) -> OnsSourceConfig:
+        assert self.ons is not None
+        return self.ons
+
+
+def _one_section(where: str, kind: str, sections: dict[str, object]) -> None:
+    if sections[kind] is None:
+        raise ValueError(f"{where}.type is {kind!r} but {where}.{kind} is missing")
+    extra = sorted(name for name, value in sections.items() if name != kind and value)
+    if extra:
+        raise ValueError(f"{where}.{extra[0]} is set but {where}.type is {kind!r}")
 
 
 class KafkaSinkConfig(_Model):
@@ -122,9 +222,57 @@ class KafkaSinkConfig(_Model):
         return value
 
 
+class RocketMQSinkConfig(RocketMQClientConfig):
+    """rocketmq-client-python producer: ordered by sharding key, or transactional."""
+
+    #: ordered: each record is sent with the record key (the order id) as sharding key,
+    #: so one order's events share a queue, in arrival order. transactional: half message,
+    #: journal, commit; no queue selection is possible then (see the README).
+    mode: Literal["ordered", "transactional"] = "ordered"
+    #: Producer group. In transactional mode the broker asks this group about half
+    #: messages whose outcome it never heard, so it must be stable and unique per
+    #: replica (like Kafka's transactional_id), and the journal must outlive restarts.
+    producer_group: str
+    value_format: Literal["raw", "envelope"] = "raw"
+    send_timeout_ms: PositiveInt = 3_000
+    #: Attempts per record beyond the first before the batch is handed back for a retry.
+    retries: Annotated[int, Field(ge=0)] = 2
+    #: Parallel send lanes; a key always uses the same lane, so per-key order holds.
+    send_threads: PositiveInt = 4
+    max_message_bytes: PositiveInt = 4 * 1024 * 1024
+    #: Transactional mode: where the journal of committed message ids lives.
+    journal_dir: Path = Path("journal")
+    #: fsync the journal before the source is confirmed (once per batch).
+    journal_fsync: bool = True
+    #: Journal entries per segment; two segments are kept (older ones are dropped).
+    journal_segment_entries: PositiveInt = 100_000
+
+
 class SinkConfig(_Model):
-    type: Literal["kafka"] = "kafka"
-    kafka: KafkaSinkConfig
+    type: Literal["kafka", "rocketmq"] = "kafka"
+    kafka: KafkaSinkConfig | None = None
+    rocketmq: RocketMQSinkConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_of_type(self) -> SinkConfig:
+        _one_section("sink", self.type, {"kafka": self.kafka, "rocketmq": self.rocketmq})
+        return self
+
+    @property
+    def kafka_config(self) -> KafkaSinkConfig:
+        assert self.kafka is not None
+        return self.kafka
+
+    @property
+    def rocketmq_config(self) -> RocketMQSinkConfig:
+        assert self.rocketmq is not None
+        return self.rocketmq
+
+    @property
+    def value_format(self) -> str:
+        if self.kafka is not None:
+            return self.kafka.value_format
+        return self.rocketmq_config.value_format
 
 
 class RoutingConfig(_Model):
@@ -187,6 +335,18 @@ class BridgeConfig(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _sink_topic_names(self) -> BridgeConfig:
+        if self.sink.type == "rocketmq":
+            names = [*self.routing.topics.values(), self.routing.dead_letter_topic]
+            for name in names:
+                if not _ROCKETMQ_TOPIC.match(name):
+                    raise ValueError(
+                        f"routing: {name!r} is not a valid RocketMQ topic name "
+                        "(letters, digits, _ - % |; no dots; at most 127 characters)"
+                    )
+        return self
 
 
 def interpolate(node: Any, env: dict[str, str], path: str = "") -> Any:

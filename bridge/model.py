@@ -35,6 +35,8 @@ class SourceMessage:
     malformed: str | None = None
     #: time.monotonic_ns() when the bridge received it, for push->confirm latency.
     received_ns: int = 0
+    #: Source-specific metadata copied into the output headers (e.g. the ONS message id).
+    extra_headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class Ack(Protocol):

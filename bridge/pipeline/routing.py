@@ -158,6 +158,7 @@ def _headers(msg: SourceMessage) -> tuple[tuple[str, bytes], ...]:
         headers.append((H_PUBLISH_TIME, str(msg.publish_time_ms).encode()))
     if msg.publisher:
         headers.append((H_PUBLISHER, msg.publisher.encode()))
+    headers.extend(msg.extra_headers)
     return tuple(headers)
 
 

@@ -1,0 +1,147 @@
+"""The transactional RocketMQ sink's journal: which source messages were committed.
+
+RocketMQ transactions are per message: a half message is stored, the producer runs its
+local transaction, then sends commit or rollback **one-way**. When that last request is
+lost (the bridge was killed, the network dropped it), the broker asks the producer group
+later ("check-back") and the answer must match what the local transaction decided. The
+bridge's local transaction is "append this message id to the journal", so:
+
+* check-back: recorded -> commit, not recorded -> roll back (the source was not
+  confirmed either, so it redelivers and the message is written again);
+* a redelivery after a restart whose id is recorded is confirmed without sending it
+  again (the half message is committed, now or at the next check-back).
+
+Format: append-only text files ``journal-<seq>.log``, one decimal id per line. A line
+counts only when complete (ends with a newline and is all digits), so a torn last line
+after a crash can never make another id look committed. Two segments are kept; when the
+current one reaches ``segment_entries`` the older is deleted, bounding disk and memory
+while remembering at least ``segment_entries`` recent ids (check-backs concern minutes,
+TMC redelivery about a day at most).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from bridge.errors import ConfigError
+
+_PREFIX, _SUFFIX = "journal-", ".log"
+
+
+def _segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.glob(f"{_PREFIX}*{_SUFFIX}"):
+        seq = path.name[len(_PREFIX) : -len(_SUFFIX)]
+        if seq.isdigit():
+            found.append((int(seq), path))
+    return sorted(found)
+
+
+def _load(path: Path) -> set[str]:
+    ids: set[str] = set()
+    with path.open("r", encoding="ascii", errors="replace", newline="") as fh:
+        for line in fh:
+            if line.endswith("\n") and line[:-1].isdigit():
+                ids.add(line[:-1])
+    return ids
+
+
+class Journal:
+    """Thread-safe: ``record`` runs on send lanes, ``contains`` on librocketmq's
+    check-back thread."""
+
+    def __init__(self, directory: Path, *, segment_entries: int, fsync: bool) -> None:
+        self._dir = directory
+        self._limit = segment_entries
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._older: set[str] = set()
+        self._current: set[str] = set()
+        self._seq = 0
+        self._file: TextIO | None = None
+        self._dirty = False
+
+    def open(self) -> None:
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            segments = _segments(self._dir)
+            for _, path in segments[:-2]:
+                path.unlink()
+            kept = segments[-2:]
+            if len(kept) == 2:
+                self._older = _load(kept[0][1])
+            if kept:
+                self._seq, last = kept[-1]
+                self._current = _load(last)
+            else:
+                self._seq = 1
+            self._file = self._segment_path(self._seq).open("a", encoding="ascii")
+        except OSError as exc:
+            raise ConfigError(
+                f"sink.rocketmq.journal_dir: cannot use {self._dir}: {exc.strerror}"
+            ) from None
+
+    def _segment_path(self, seq: int) -> Path:
+        return self._dir / f"{_PREFIX}{seq:010d}{_SUFFIX}"
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._older) + len(self._current)
+
+    def contains(self, message_id: str) -> bool:
+        with self._lock:
+            return message_id in self._current or message_id in self._older
+
+    def record(self, message_id: str) -> None:
+        """Append one id; flushed to the OS at once (survives a killed process)."""
+        if not message_id.isdigit():
+            raise ValueError(f"journal ids are decimal, got {message_id!r}")
+        with self._lock:
+            assert self._file is not None, "journal not open"
+            self._file.write(message_id + "\n")
+            self._file.flush()
+            self._current.add(message_id)
+            self._dirty = True
+            if len(self._current) >= self._limit:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._sync_locked()
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._segment_path(self._seq - 1).unlink()
+        self._older, self._current = self._current, set()
+        self._seq += 1
+        self._file = self._segment_path(self._seq).open("a", encoding="ascii")
+        self._sync_dir()
+
+    def sync(self) -> None:
+        """Make what was recorded durable (fsync); called before the source is confirmed."""
+        with self._lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        if self._file is not None and self._dirty and self._fsync:
+            os.fsync(self._file.fileno())
+        self._dirty = False
+
+    def _sync_dir(self) -> None:
+        if not self._fsync:
+            return
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._sync_locked()
+                self._file.close()
+                self._file = None
