@@ -238,7 +238,7 @@ class RocketMQSinkConfig(RocketMQClientConfig):
     #: Attempts per record beyond the first before the batch is handed back for a retry.
     retries: Annotated[int, Field(ge=0)] = 2
     #: Parallel send lanes; a key always uses the same lane, so per-key order holds.
-    send_threads: PositiveInt = 4
+    send_threads: PositiveInt = 8
     max_message_bytes: PositiveInt = 4 * 1024 * 1024
     #: Transactional mode: where the journal of committed message ids lives.
     journal_dir: Path = Path("journal")

@@ -12,6 +12,13 @@ Everything else in the bridge uses the small typed surface below, for three reas
   int, which for a consumer is ``0`` = CONSUME_SUCCESS, i.e. a silent acknowledgement
   (shared/jushita-ons.md §4.6). Every callback here catches everything and returns the
   safe answer itself (RECONSUME_LATER, or UNKNOWN for a transaction check).
+* **The native client logs to its own file.** librocketmq writes warnings and errors
+  (for example the broker's ``AclException`` for a wrong secret, which the send path
+  only reports as "No route info") to ``$HOME/logs/rocketmq-cpp/<pid>_rocketmq-cpp.log.N``
+  (fixed when the library loads; the per-client log path setters do not move it, so
+  ``HOME`` must be writable). The bridge tails that file and forwards warnings and
+  errors into the structured log, rate-limited, with a plain hint for credential
+  problems.
 * **Bytes, not text.** The library decodes bodies as UTF-8 and raises on anything else;
   a bridge must see the raw bytes to dead-letter them. Bodies are set with an explicit
   length too, so a NUL byte cannot cut a body short.
@@ -23,9 +30,13 @@ run them on worker threads, never on the event loop.
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,6 +50,7 @@ _modules: tuple[ModuleType, ModuleType] | None = None
 _PERMANENT_MARKERS = (
     "body size over max value",
     "body length is zero",
+    "body is empty",
     "body is null",
     "contains illegal characters",
     "longer than topic max length",
@@ -168,6 +180,7 @@ def _read(ffi: ModuleType, handle: Any, property_names: Sequence[str]) -> InMess
 
 
 def _configure(client: Any, settings: ClientSettings) -> None:
+    _NativeLog.instance()
     if settings.name_server is not None:
         client.set_name_server_address(settings.name_server)
     else:
@@ -401,3 +414,73 @@ def _callback_failure_logger() -> Callable[[str, BaseException], None]:
         log.error("callback failed; answered safely", callback=where, error=repr(exc))
 
     return report
+
+
+#: Lines of the native log worth forwarding, e.g.
+#: ``[2026-Nov-22 01:51:19.636394](error):msg: ...[findConsumerIds:1029]``
+_NATIVE_LINE = re.compile(r"^\[[^]]*\]\((?P<level>error|warning)\):(?P<text>.*)$")
+_NATIVE_HINTS = (
+    ("AclException", "the broker refused the credentials: check access_key, secret_key, channel"),
+    ("No route info", "no route: the topic does not exist, or the credentials were refused"),
+)
+
+
+class _NativeLog:
+    """Tails librocketmq's log file and forwards warnings and errors (one per process)."""
+
+    _instance: _NativeLog | None = None
+    _guard = threading.Lock()
+
+    def __init__(self, directory: Path) -> None:
+        import structlog
+
+        self.directory = directory
+        self._log = structlog.get_logger("bridge.rocketmq.native")
+        self._offsets: dict[Path, int] = {}
+        self._last_seen: dict[str, float] = {}
+        thread = threading.Thread(target=self._run, name="rocketmq-native-log", daemon=True)
+        thread.start()
+
+    @classmethod
+    def instance(cls) -> _NativeLog:
+        with cls._guard:
+            if cls._instance is None:
+                home = Path(os.environ.get("HOME") or Path.home())
+                cls._instance = cls(home / "logs" / "rocketmq-cpp")
+            return cls._instance
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                self.poll()
+            except OSError:
+                continue
+
+    def poll(self) -> None:
+        for path in sorted(self.directory.glob(f"{os.getpid()}_rocketmq-cpp.log*")):
+            start = self._offsets.get(path, 0)
+            with path.open("rb") as fh:
+                fh.seek(start)
+                chunk = fh.read()
+            complete = chunk.rfind(b"\n") + 1
+            self._offsets[path] = start + complete
+            for raw in chunk[:complete].decode("utf-8", "replace").splitlines():
+                self._forward(raw)
+
+    def _forward(self, line: str) -> None:
+        match = _NATIVE_LINE.match(line)
+        if match is None:
+            return
+        text = match.group("text").strip()
+        # Rate limit per message shape (digits stripped): the client repeats itself.
+        shape = re.sub(r"\d+", "#", text)[:200]
+        now = time.monotonic()
+        if now - self._last_seen.get(shape, -1e9) < 60:
+            return
+        self._last_seen[shape] = now
+        hint = next((h for marker, h in _NATIVE_HINTS if marker in text), None)
+        if match.group("level") == "error" or hint is not None:
+            self._log.error("rocketmq client", native=text[:500], hint=hint)
+        else:
+            self._log.warning("rocketmq client", native=text[:500])

@@ -23,6 +23,8 @@ replaced by its dead letter, and sent in its place.
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
 import zlib
@@ -43,6 +45,11 @@ log = structlog.get_logger("bridge.sink.rocketmq")
 #: RocketMQ refuses empty bodies; a dead letter whose value had to be dropped (see
 #: Router.dead_letter) carries this placeholder instead. Its headers say why.
 _EMPTY_BODY = b"-"
+#: Fault injection for the crash tests: ``before_journal:N`` / ``after_journal:N`` kills
+#: the process (exit 86) inside the N-th local transaction, i.e. between the half message
+#: and its commit, before or after the journal entry. Never set in production.
+CRASH_ENV = "TMC_BRIDGE_TEST_CRASH"
+
 #: RocketMQ encodes properties as name\x01value\x02...; these bytes cannot appear.
 _PROPERTY_UNSAFE = str.maketrans({"\x01": " ", "\x02": " "})
 
@@ -112,6 +119,8 @@ class RocketMQSink:
         )
         self._progress: _Progress | None = None
         self._stopping = threading.Event()
+        self._crash = _crash_point(os.environ.get(CRASH_ENV, ""))
+        self._local_count = itertools.count(1)
         self.ready = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -271,8 +280,14 @@ class RocketMQSink:
     def _local_transaction(self, journal_id: str | None) -> Callable[[], bool]:
         journal = self._journal
         assert journal is not None
+        crash = self._crash
 
         def local() -> bool:
+            if crash is not None and next(self._local_count) == crash[1]:
+                if crash[0] == "after_journal" and journal_id is not None:
+                    journal.record(journal_id)
+                log.warning("test crash inside a local transaction", point=crash[0])
+                os._exit(86)
             if journal_id is None:
                 return True  # nothing to deduplicate later (no id); commit
             journal.record(journal_id)
@@ -288,3 +303,10 @@ class RocketMQSink:
             # With ACL on, librocketmq reports a refused signature as missing routes.
             text += " (check sink.rocketmq access_key, secret_key and channel, and the ACL)"
         return text
+
+
+def _crash_point(spec: str) -> tuple[str, int] | None:
+    point, _, count = spec.partition(":")
+    if point in ("before_journal", "after_journal") and count.isdigit():
+        return point, int(count)
+    return None

@@ -19,17 +19,9 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
-import contextlib
-import fcntl
-import hashlib
 import os
-import random
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -39,6 +31,19 @@ from types import FrameType, TracebackType
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # `confluent_kafka.admin` does not re-export it
+
+from bridge.testing.processes import (
+    DEFAULT_CACHE,
+    LOG_TAIL_LINES,
+    BrokerError,
+    JavaProcess,
+    ensure_maven_jars,
+    java_command,
+    pick_ports,
+    port_accepts,
+    run_captured,
+    tail,
+)
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -53,202 +58,24 @@ KAFKA_VERSION = "4.1.1"
 """Must match ``kafka.version`` in ``kafka-pom.xml`` (the cache folder is named after it)."""
 
 _POM_FILE = Path(__file__).with_name("kafka-pom.xml")
-_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-_MVN_TIMEOUT_S = 1800.0
 _FORMAT_TIMEOUT_S = 120.0
 _READY_LINE = "Kafka Server started"
-_LOG_TAIL_LINES = 40
-
-
-def _default_cache() -> Path:
-    """Pick ``<repo>/.cache`` in a source checkout, else ``<cwd>/.cache``.
-
-    ``.cache/`` is git-ignored in the repository; an installed package (site-packages) has no
-    repository around it, so the current directory is the only sensible anchor there.
-    """
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file() and (repo / "bridge").is_dir():
-        return repo / ".cache"
-    return Path.cwd() / ".cache"
-
-
-DEFAULT_CACHE = Path(os.environ.get("TMC_BRIDGE_CACHE") or _default_cache())
-"""Where downloaded broker jars live; override with ``TMC_BRIDGE_CACHE`` (e.g. a CI cache)."""
-
-
-class BrokerError(RuntimeError):
-    """Kafka could not be provisioned, started or used; the message carries the log tail."""
-
-
-# --------------------------------------------------------------------------------------------
-# Provisioning
-# --------------------------------------------------------------------------------------------
-
-
-def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _condensed_tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    """Tail without Java stack frames, so the "Caused by: ..." root causes fit in the tail."""
-    kept = [
-        line
-        for line in text.splitlines()
-        if not line.lstrip().startswith("at ") and not line.lstrip().startswith("... ")
-    ]
-    return _tail("\n".join(kept), lines)
-
-
-def _pom_digest() -> str:
-    """Identify the pom content, so editing the pom invalidates an existing cache."""
-    try:
-        return hashlib.sha256(_POM_FILE.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        raise BrokerError(
-            f"{_POM_FILE} is missing: it must be shipped as package data of bridge.testing"
-        ) from None
-
-
-def _require_tool(name: str, why: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise BrokerError(f"`{name}` not found on PATH; it is needed {why}")
-    return path
 
 
 def ensure_kafka(cache_dir: Path | None = None) -> Path:
     """Make sure Kafka's jars are in ``<cache_dir>/kafka-<version>/lib`` and return that folder.
 
-    The jars come from Maven Central via ``mvn dependency:copy-dependencies`` (plugin pinned to
-    3.8.1) because that is the only download channel these machines have. A marker file,
-    written only after a complete download, makes the call idempotent and cheap; an ``fcntl``
-    lock serialises concurrent callers (parallel test workers), and the download goes to a
-    scratch folder that is renamed into place so a killed download never looks complete.
-
-    Raises :class:`BrokerError` if ``java`` is missing, or ``mvn`` is missing when a download
-    is needed, or ``mvn`` fails (the tail of its output is included).
+    Downloaded once from Maven Central (see :func:`bridge.testing.processes.ensure_maven_jars`:
+    locked, marked complete only after a full download, invalidated by editing the pom).
+    Raises :class:`BrokerError` if ``java`` or ``mvn`` is missing or the download fails.
     """
-    _require_tool("java", "to run the Kafka broker (install OpenJDK 17+)")
-    home = (cache_dir or DEFAULT_CACHE).resolve() / f"kafka-{KAFKA_VERSION}"
-    lib = home / "lib"
-    marker = home / ".complete"
-    digest = _pom_digest()
-
-    def complete() -> bool:
-        try:
-            return marker.read_text().strip() == digest and lib.is_dir()
-        except FileNotFoundError:
-            return False
-
-    if complete():
-        return lib
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        if complete():  # another process finished while we waited for the lock
-            return lib
-        mvn = _require_tool("mvn", "once to download Kafka's jars from Maven Central")
-        marker.unlink(missing_ok=True)
-        scratch = home / "lib.partial"
-        shutil.rmtree(scratch, ignore_errors=True)
-        pom = home / "pom.xml"
-        shutil.copyfile(_POM_FILE, pom)
-        cmd = [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(pom),
-            f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
-            f"-DoutputDirectory={scratch}",
-            "-DincludeScope=runtime",
-        ]
-        try:
-            result = subprocess.run(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=_MVN_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout if isinstance(exc.stdout, str) else ""
-            raise BrokerError(
-                f"mvn did not finish within {_MVN_TIMEOUT_S:.0f}s:\n{_tail(out)}"
-            ) from exc
-        jars = list(scratch.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")) if scratch.is_dir() else []
-        if result.returncode != 0 or not jars:
-            raise BrokerError(
-                f"downloading Kafka {KAFKA_VERSION} with mvn failed "
-                f"(exit {result.returncode}): {' '.join(cmd)}\n{_tail(result.stdout)}"
-            )
-        shutil.rmtree(lib, ignore_errors=True)
-        scratch.rename(lib)
-        tmp_marker = home / ".complete.tmp"
-        tmp_marker.write_text(digest + "\n")
-        tmp_marker.replace(marker)
-    return lib
-
-
-# --------------------------------------------------------------------------------------------
-# Process bookkeeping
-# --------------------------------------------------------------------------------------------
-
-_RUNNING: set[KafkaBroker] = set()
-"""Brokers with a live JVM; killed at interpreter exit so a crashed test leaves no JVM behind."""
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for broker in list(_RUNNING):
-        with contextlib.suppress(Exception):
-            broker.kill()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _pick_ports(count: int, exclude: set[int]) -> list[int]:
-    """Return ``count`` distinct free TCP ports on 127.0.0.1 outside the ephemeral range.
-
-    The broker must come back on the same port after ``stop()``; a port from the ephemeral
-    range may meanwhile be taken as the *local* port of some outgoing connection (clients
-    reconnecting to this very broker do that), which would make the restart fail to bind.
-    Ports below the ephemeral range are only ever taken by explicit ``bind``.
-    """
-    low, _ = _ephemeral_range()
-    candidates = list(range(max(10000, low - 12000), low))
-    random.shuffle(candidates)
-    chosen: list[int] = []
-    for candidate in [*candidates, *(0 for _ in range(count))]:  # 0: let the OS choose
-        if candidate in exclude or candidate in chosen:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            port: int = sock.getsockname()[1]
-        if port in exclude or port in chosen:
-            continue
-        chosen.append(port)
-        if len(chosen) == count:
-            return chosen
-    raise BrokerError("no free TCP port found on 127.0.0.1")
-
-
-def _port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return ensure_maven_jars(
+        pom=_POM_FILE,
+        name=f"kafka-{KAFKA_VERSION}",
+        required=[f"kafka_2.13-{KAFKA_VERSION}.jar"],
+        product=f"Kafka {KAFKA_VERSION}",
+        cache_dir=cache_dir,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,20 +99,6 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 logger.raftserver.name = kafka.server.KafkaRaftServer
 logger.raftserver.level = info
 """
-
-_JVM_FLAGS = (
-    # Measured on a 2-core machine (start to first metadata answer, 2-5 rounds each):
-    # G1 3.6-4.5 s cold / 2.5-2.9 s warm; G1 + C1-only 2.8-3.7 / 2.1-2.7; Serial + C1-only
-    # 2.8-3.4 / 2.3-3.0 with ~70 MB less RSS (345 MB vs 415 MB). C1-only (TieredStopAtLevel=1)
-    # is the real win and costs no measurable throughput at test volumes (20k transactional
-    # messages: 0.8 s either way); SerialGC adds no GC threads competing for the two cores.
-    "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
-    "-XX:ActiveProcessorCount=2",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-Djava.awt.headless=true",
-)
-
 
 class KafkaBroker:
     """One single-node Kafka (KRaft combined mode) owning ``workdir``.

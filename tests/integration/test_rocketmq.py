@@ -1,0 +1,332 @@
+"""RocketMQ sink and ONS source against a real RocketMQ broker (ACL on) started by the suite.
+
+Combinations: TMC (simulator) -> RocketMQ ordered and transactional, ONS -> Kafka,
+ONS -> RocketMQ; credentials right and wrong; the broker stopped mid-run; the bridge
+killed inside a transaction (check-back answered from the journal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge import config as cfgmod
+from bridge.config import BridgeConfig
+from bridge.sinks.rocketmq import CRASH_ENV
+from bridge.sources.tmc.generator import OrderGenerator
+from bridge.testing.kafka_broker import KafkaBroker
+from bridge.testing.rocketmq_broker import RocketMQBroker
+from bridge.testing.rocketmq_io import JushitaPublisher, read_topics
+from bridge.tools import harness
+from tests.integration.conftest import (
+    APP_KEY,
+    SECRET,
+    Topics,
+    read_back,
+    running_bridge,
+    simulator,
+    verdict,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+ACCESS_KEY = "bridge-access-key"
+SECRET_KEY = "bridge-secret-key-0123"
+CREDENTIALS = (ACCESS_KEY, SECRET_KEY, "CLOUD")
+
+
+@pytest.fixture(scope="module")
+def rocketmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RocketMQBroker]:
+    broker = RocketMQBroker(tmp_path_factory.mktemp("rocketmq"), acl={ACCESS_KEY: SECRET_KEY})
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def rtopics(rocketmq: RocketMQBroker) -> Topics:
+    tag = uuid.uuid4().hex[:8]
+    t = Topics(f"trade_{tag}", f"refund_{tag}", f"other_{tag}", f"dlq_{tag}")
+    for name in t.all:
+        rocketmq.create_topic(name, queues=1 if name == t.dlq else 4, order=name != t.dlq)
+    return t
+
+
+def routing(topics: Topics) -> dict[str, Any]:
+    return {
+        "topics": {
+            "taobao_trade_*": topics.trade,
+            "taobao_refund_*": topics.refund,
+            "*": topics.other,
+        },
+        "dead_letter_topic": topics.dlq,
+    }
+
+
+def rocketmq_sink(broker: RocketMQBroker, **overrides: Any) -> dict[str, Any]:
+    return {
+        "type": "rocketmq",
+        "rocketmq": {
+            "name_server": broker.namesrv_addr,
+            "producer_group": f"bridge_{uuid.uuid4().hex[:8]}",
+            "access_key": ACCESS_KEY,
+            "secret_key": SECRET_KEY,
+            "channel": "CLOUD",
+            "send_timeout_ms": 2000,
+            **overrides,
+        },
+    }
+
+
+def tmc_source(sim_url: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "type": "tmc",
+        "tmc": {
+            "url": sim_url,
+            "app_key": APP_KEY,
+            "app_secret": SECRET,
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0,
+            "pull_interval_s": 1.0,
+            **overrides,
+        },
+    }
+
+
+def ons_source(broker: RocketMQBroker, topic: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "type": "ons",
+        "ons": {
+            "name_server": broker.namesrv_addr,
+            "group_id": f"CID_{uuid.uuid4().hex[:8]}",
+            "topics": [topic],
+            "access_key": ACCESS_KEY,
+            "secret_key": SECRET_KEY,
+            "channel": "CLOUD",
+            **overrides,
+        },
+    }
+
+
+def config(source: dict[str, Any], sink: dict[str, Any], topics: Topics) -> BridgeConfig:
+    doc = {
+        "source": source,
+        "sink": sink,
+        "routing": routing(topics),
+        "pipeline": {
+            "batch_linger_ms": 10,
+            "retry_backoff_min_s": 0.2,
+            "retry_backoff_max_s": 1.0,
+            "drain_timeout_s": 10,
+        },
+    }
+    return cfgmod.parse(doc, env={})
+
+
+async def read_rocketmq(
+    broker: RocketMQBroker, topics: list[str], expected: int
+) -> list[harness.Arrived]:
+    return await asyncio.to_thread(
+        read_topics, broker.namesrv_addr, topics, expected=expected, credentials=CREDENTIALS
+    )
+
+
+async def test_tmc_to_rocketmq_ordered_keeps_each_order_in_one_queue_in_order(
+    rocketmq: RocketMQBroker, rtopics: Topics
+) -> None:
+    async with simulator() as sim:
+        sim.publish(2000)
+        cfg = config(tmc_source(sim.url), rocketmq_sink(rocketmq), rtopics)
+        async with running_bridge(cfg) as bridge:
+            await wait_for(lambda: sim.stats.confirmed == 2000, 90, "all confirmed")
+            assert bridge.pipeline.stats.committed == 2000
+        arrived = await read_rocketmq(rocketmq, rtopics.all, 2000)
+        v = verdict(sim, arrived)
+        assert (v.delivered, v.duplicates, v.order_violations, v.lost) == (2000, 0, 0, 0), (
+            v.problems
+        )
+        trade = [a for a in arrived if a.topic == rtopics.trade]
+        assert len({a.key for a in trade}) > 100
+        assert {a.partition for a in trade} == {0, 1, 2, 3}  # orders spread over queues
+
+
+async def test_tmc_to_rocketmq_transactional_commits_and_journals(
+    rocketmq: RocketMQBroker, rtopics: Topics, tmp_path: Path
+) -> None:
+    async with simulator() as sim:
+        sim.publish(1000)
+        sink = rocketmq_sink(rocketmq, mode="transactional", journal_dir=str(tmp_path / "j"))
+        cfg = config(tmc_source(sim.url), sink, rtopics)
+        async with running_bridge(cfg) as bridge:
+            await wait_for(lambda: sim.stats.confirmed == 1000, 90, "all confirmed")
+            assert bridge.pipeline.stats.committed == 1000
+        v = verdict(sim, await read_rocketmq(rocketmq, rtopics.all, 1000))
+        assert (v.delivered, v.duplicates, v.lost) == (1000, 0, 0), v.problems
+        journalled = sum(
+            len(p.read_text().splitlines()) for p in (tmp_path / "j").glob("journal-*.log")
+        )
+        assert journalled == 1000
+
+
+async def test_transactional_check_back_after_kill_follows_the_journal(
+    rocketmq: RocketMQBroker, rtopics: Topics, tmp_path: Path
+) -> None:
+    """The bridge is killed inside a local transaction twice: once before the journal
+    entry (the broker's check-back must roll the half message back, TMC redelivers it)
+    and once after (check-back commits it, the redelivery is not written again).
+    In the end every message is in the topic exactly once."""
+    total = 600
+    sink = rocketmq_sink(rocketmq, mode="transactional", journal_dir=str(tmp_path / "journal"))
+    async with simulator(confirm_timeout_s=4.0) as sim:
+        sim.publish(total)
+        doc = {
+            "source": tmc_source(sim.url),
+            "sink": sink,
+            "routing": routing(rtopics),
+            "pipeline": {"batch_linger_ms": 10, "batch_max_messages": 50},
+            "log": {"format": "json"},
+        }
+        path = tmp_path / "bridge.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        logs = []
+        for run, crash in enumerate(["before_journal:150", "after_journal:120", ""]):
+            env = {CRASH_ENV: crash} if crash else {}
+            child = harness.spawn(f"bridge{run}", ["run", "--config", str(path)], tmp_path, env)
+            try:
+                if crash:
+                    code = await asyncio.to_thread(child.proc.wait, 60)
+                    assert code == 86, child.tail()
+                else:
+                    await wait_for(lambda: sim.stats.confirmed == total, 120, "all confirmed")
+            finally:
+                child.stop()
+            logs.append(child.log_path.read_text())
+        decisions = [
+            json.loads(line)["decision"]
+            for line in "".join(logs).splitlines()
+            if "transaction check-back" in line
+        ]
+        assert "rollback" in decisions and "commit" in decisions, decisions
+        assert sim.stats.redelivered > 0
+        v = verdict(sim, await read_rocketmq(rocketmq, rtopics.all, total))
+        assert (v.delivered, v.duplicates, v.lost) == (total, 0, 0), v.problems
+
+
+async def test_rocketmq_broker_down_confirms_nothing_and_loses_nothing(
+    rocketmq: RocketMQBroker, rtopics: Topics
+) -> None:
+    async with simulator(confirm_timeout_s=5.0) as sim:
+        sim.publish(500)
+        cfg = config(tmc_source(sim.url), rocketmq_sink(rocketmq), rtopics)
+        async with running_bridge(cfg):
+            await wait_for(lambda: sim.stats.confirmed == 500, 60, "first part confirmed")
+            await asyncio.to_thread(rocketmq.stop_broker)
+            sim.publish(1000)
+            await asyncio.sleep(3)
+            while_down = sim.stats.confirmed
+            await asyncio.sleep(4)
+            assert sim.stats.confirmed == while_down == 500
+            await asyncio.to_thread(rocketmq.start_broker)
+            await wait_for(lambda: sim.stats.confirmed == 1500, 120, "all confirmed")
+        v = verdict(sim, await read_rocketmq(rocketmq, rtopics.all, 1500))
+        assert (v.delivered, v.lost) == (1500, 0), v.problems
+
+
+async def test_wrong_rocketmq_credentials_confirm_nothing_with_a_clear_error(
+    rocketmq: RocketMQBroker, rtopics: Topics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with simulator() as sim:
+        sim.publish(50)
+        sink = rocketmq_sink(rocketmq, secret_key="wrong-secret-key-999", retries=0)
+        cfg = config(tmc_source(sim.url), sink, rtopics)
+        async with running_bridge(cfg) as bridge:
+            await wait_for(lambda: bridge.pipeline.stats.batch_retries >= 2, 60, "retries")
+            assert sim.stats.confirmed == 0
+    out = capsys.readouterr().out
+    assert "check sink.rocketmq access_key, secret_key and channel" in out
+    assert "wrong-secret-key-999" not in out
+
+
+def publish(
+    broker: RocketMQBroker, topic: str, count: int, *, by_key: bool = False
+) -> list[dict[str, Any]]:
+    pub = JushitaPublisher(broker.namesrv_addr, topic, credentials=CREDENTIALS)
+    try:
+        ledger = pub.publish(OrderGenerator(seed=7).events(count), by_key=by_key)
+        # Two bodies Jushita should never send, to be dead-lettered and acknowledged.
+        pub.publish_raw(b"not json at all", tags="taobao_trade_TradeCreate", key="1")
+        pub.publish_raw(b'{"content":"{}"}', tags="taobao_trade_TradeCreate", key="2")
+    finally:
+        pub.close()
+    return ledger
+
+
+def check_ons(
+    ledger: list[dict[str, Any]], arrived: list[harness.Arrived], dlq: str
+) -> harness.Verdict:
+    dead = [a for a in arrived if a.topic == dlq]
+    assert len(dead) == 2
+    return harness.verify(ledger, [a for a in arrived if a.topic != dlq], len(ledger))
+
+
+async def test_ons_to_kafka(rocketmq: RocketMQBroker, kafka: KafkaBroker, topics: Topics) -> None:
+    source_topic = f"jst_sync_{uuid.uuid4().hex[:8]}"
+    rocketmq.create_topic(source_topic, queues=4)
+    ledger = await asyncio.to_thread(publish, rocketmq, source_topic, 1000)
+    sink = {
+        "type": "kafka",
+        "kafka": {
+            "bootstrap_servers": kafka.bootstrap,
+            "transactional_id": f"it-{uuid.uuid4().hex[:6]}",
+        },
+    }
+    cfg = config(ons_source(rocketmq, source_topic), sink, topics)
+    async with running_bridge(cfg) as bridge:
+        await wait_for(lambda: bridge.source.consumed >= 1002, 90, "all consumed")  # type: ignore[attr-defined]
+        assert bridge.source.reconsume_later == 0  # type: ignore[attr-defined]
+    v = check_ons(ledger, await read_back(kafka.bootstrap, topics.all), topics.dlq)
+    assert (v.delivered, v.duplicates, v.lost) == (1000, 0, 0), v.problems
+
+
+async def test_ons_orderly_to_rocketmq_keeps_order(
+    rocketmq: RocketMQBroker, rtopics: Topics
+) -> None:
+    source_topic = f"jst_sync_{uuid.uuid4().hex[:8]}"
+    rocketmq.create_topic(source_topic, queues=4, order=True)
+    ledger = await asyncio.to_thread(publish, rocketmq, source_topic, 1000, by_key=True)
+    cfg = config(ons_source(rocketmq, source_topic, orderly=True), rocketmq_sink(rocketmq), rtopics)
+    async with running_bridge(cfg) as bridge:
+        await wait_for(lambda: bridge.source.consumed >= 1002, 90, "all consumed")  # type: ignore[attr-defined]
+    v = check_ons(ledger, await read_rocketmq(rocketmq, rtopics.all, 1002), rtopics.dlq)
+    assert (v.delivered, v.duplicates, v.order_violations, v.lost) == (1000, 0, 0, 0), v.problems
+
+
+async def test_ons_wrong_credentials_consume_nothing(
+    rocketmq: RocketMQBroker, rtopics: Topics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_topic = f"jst_sync_{uuid.uuid4().hex[:8]}"
+    rocketmq.create_topic(source_topic, queues=2)
+    await asyncio.to_thread(publish, rocketmq, source_topic, 20)
+    source = ons_source(rocketmq, source_topic, secret_key="not-the-secret-000")
+    cfg = config(source, rocketmq_sink(rocketmq), rtopics)
+    async with running_bridge(cfg) as bridge:
+        await asyncio.sleep(8)
+        assert bridge.source.received == 0  # type: ignore[attr-defined]
+        assert bridge.pipeline.stats.committed == 0
+    out = capsys.readouterr().out
+    assert "the broker refused the credentials" in out
+    assert "not-the-secret-000" not in out
+
+
+__all__ = ["os"]
