@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka demo test lint unit integration bench clean
+.PHONY: install kafka rocketmq demo demo-rocketmq test lint unit integration bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml
 kafka: install
 	$(PY) -m bridge.testing.kafka_broker --download-only
 
+# RocketMQ jars (NameServer, broker, mqadmin) from Maven Central into .cache/, the same way.
+rocketmq: install
+	$(PY) -m bridge.testing.rocketmq_broker --download-only
+
 demo: install kafka
 	$(VENV)/bin/tmc-bridge demo --messages 10000
+
+# The same demo into a local RocketMQ (ACL on), ordered by order id.
+demo-rocketmq: install rocketmq
+	$(VENV)/bin/tmc-bridge demo --sink rocketmq --messages 10000
 
 lint: install
 	$(VENV)/bin/ruff check bridge tests
@@ -30,13 +38,13 @@ lint: install
 unit: install
 	$(PY) -m pytest tests/unit
 
-integration: install kafka
+integration: install kafka rocketmq
 	$(PY) -m pytest tests/integration
 
-test: install kafka lint
+test: install kafka rocketmq lint
 	$(PY) -m pytest
 
-bench: install kafka
+bench: install kafka rocketmq
 	$(PY) -m bridge.tools.bench
 
 clean:

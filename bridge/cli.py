@@ -109,7 +109,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bridge.tools import demo
 
-    return demo.main(messages=args.messages, workdir=Path(args.workdir))
+    return demo.main(messages=args.messages, workdir=Path(args.workdir), sink=args.sink)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--log-level", default="info")
     sim.set_defaults(func=_cmd_simulate)
 
-    demo = sub.add_parser("demo", help="local Kafka + simulator + bridge, then a summary")
+    demo = sub.add_parser("demo", help="local broker + simulator + bridge, then a summary")
     demo.add_argument("--messages", type=int, default=10_000)
+    demo.add_argument("--sink", choices=["kafka", "rocketmq"], default="kafka")
     demo.add_argument("--workdir", default=".work/demo")
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -307,6 +307,10 @@ class TransactionalProducer:
         _configure(self._producer, settings)
         self._status = status
         self._log_failure = log_failure
+        # librocketmq's transactional send is not safe to call concurrently: with several
+        # threads it was seen running the local transaction of *another* call (a stale
+        # callback). One call at a time, always.
+        self._send_lock = threading.Lock()
 
     def start(self) -> None:
         try:
@@ -335,11 +339,11 @@ class TransactionalProducer:
         result = ffi._CSendResult()
         try:
             out = _build(self._client_mod, ffi, msg)
-            self._client_mod.ffi_check(
-                ffi.dll.SendMessageTransaction(
+            with self._send_lock:
+                status_code = ffi.dll.SendMessageTransaction(
                     self._handle, out, callback, None, ctypes.pointer(result)
                 )
-            )
+            self._client_mod.ffi_check(status_code)
         except Exception as exc:
             raise classify(exc) from None
         if outcome:

@@ -208,7 +208,9 @@ class RocketMQSink:
             self._progress = _Progress(records)
         progress = self._progress
         lanes: dict[int, list[int]] = {}
-        count = self._config.send_threads
+        # Transactional sends are serialised by the client wrapper anyway (see
+        # rocketmq_sdk.TransactionalProducer); one lane keeps that explicit.
+        count = 1 if self._transactional else self._config.send_threads
         for index, record in enumerate(records):
             if not progress.done[index]:
                 lanes.setdefault(_lane(record, index, count), []).append(index)

@@ -18,15 +18,11 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import base64
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -37,11 +33,14 @@ from bridge.testing.processes import (
     LOG_TAIL_LINES,
     BrokerError,
     JavaProcess,
+    ManagedBroker,
     ensure_maven_jars,
     java_command,
+    launcher_parser,
     pick_ports,
     port_accepts,
     run_captured,
+    run_launcher,
     tail,
 )
 
@@ -100,7 +99,8 @@ logger.raftserver.name = kafka.server.KafkaRaftServer
 logger.raftserver.level = info
 """
 
-class KafkaBroker:
+
+class KafkaBroker(ManagedBroker):
     """One single-node Kafka (KRaft combined mode) owning ``workdir``.
 
     Layout of ``workdir``: ``server.properties``, ``log4j2.properties``, ``data/`` (formatted
@@ -127,13 +127,13 @@ class KafkaBroker:
         self.heap_mb = heap_mb
         if port:
             self.port = port
-            self.controller_port = _pick_ports(1, exclude={port})[0]
+            self.controller_port = pick_ports(1, exclude={port})[0]
         else:
-            self.port, self.controller_port = _pick_ports(2, exclude=set())
+            self.port, self.controller_port = pick_ports(2, exclude=set())
         self.bootstrap: str = f"127.0.0.1:{self.port}"
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "kafka.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._jvm = JavaProcess("Kafka", self.log_path)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -144,22 +144,16 @@ class KafkaBroker:
     @property
     def running(self) -> bool:
         """True while the JVM process is alive (not necessarily ready)."""
-        return self._proc is not None and self._proc.poll() is None
+        return self._jvm.running
 
     @property
     def pid(self) -> int | None:
         """Process id of the JVM (also its process group id), or None when not started."""
-        return self._proc.pid if self._proc is not None else None
+        return self._jvm.pid
 
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """Last lines of ``kafka.log``, for error messages and failing-test diagnostics."""
-        try:
-            with self.log_path.open("rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 64 * 1024))
-                return _tail(fh.read().decode("utf-8", "replace"), lines)
-        except FileNotFoundError:
-            return "(no kafka.log)"
+        return self._jvm.log_tail(lines)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -200,17 +194,12 @@ class KafkaBroker:
         return "# Written by bridge.testing.kafka_broker; rewritten on every start.\n" + body
 
     def _java(self, lib: Path, heap: list[str], main: str, *args: str) -> list[str]:
-        return [
-            _require_tool("java", "to run the Kafka broker"),
+        options = [
             *heap,
-            *_JVM_FLAGS,
             f"-Djava.io.tmpdir={self.workdir / 'tmp'}",
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.properties'}",
-            "-cp",
-            f"{lib}/*",
-            main,
-            *args,
         ]
+        return java_command(lib, main, args, options)
 
     def _format_storage(self, lib: Path) -> None:
         """Format ``data/`` once; an existing ``meta.properties`` means it is ours already."""
@@ -229,19 +218,12 @@ class KafkaBroker:
             "-c",
             str(self.workdir / "server.properties"),
         )
-        result = subprocess.run(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=_FORMAT_TIMEOUT_S,
-            check=False,
-        )
+        result = run_captured(cmd, timeout_s=_FORMAT_TIMEOUT_S, what="kafka-storage format")
         with self.log_path.open("a") as log:
             log.write(result.stdout)
         if result.returncode != 0:
             raise BrokerError(
-                f"kafka-storage format failed (exit {result.returncode}):\n{_tail(result.stdout)}"
+                f"kafka-storage format failed (exit {result.returncode}):\n{tail(result.stdout)}"
             )
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -249,10 +231,9 @@ class KafkaBroker:
     def start(self, timeout_s: float = 90) -> None:
         """Start the JVM and block until the broker answers a metadata request.
 
-        The JVM runs in its own process group (so ``stop``/``kill`` reach everything it
-        spawns) and, when started from the main thread, with a parent-death signal, so even
-        a SIGKILLed test runner cannot leave it behind. Raises :class:`BrokerError` with the
-        log tail if the process exits or is not ready within ``timeout_s``.
+        The JVM runs in its own process group and dies with the test process (see
+        :class:`JavaProcess`). Raises :class:`BrokerError` with the log tail if the process
+        exits or is not ready within ``timeout_s``.
         """
         if self.running:
             raise BrokerError(f"{self!r} is already running")
@@ -261,8 +242,7 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "server.properties").write_text(self._server_properties())
         (self.workdir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
-        with self.log_path.open("a") as log:
-            log.write(f"\n===== start {time.strftime('%Y-%m-%dT%H:%M:%S')} {self.bootstrap}\n")
+        self._jvm.mark(f"start {time.strftime('%Y-%m-%dT%H:%M:%S')} {self.bootstrap}")
         self._format_storage(lib)
 
         cmd = self._java(
@@ -271,114 +251,39 @@ class KafkaBroker:
             "kafka.Kafka",
             str(self.workdir / "server.properties"),
         )
-        setpriv = shutil.which("setpriv")
-        if setpriv and threading.current_thread() is threading.main_thread():
-            # PR_SET_PDEATHSIG fires when the *thread* that forked dies, hence main thread only.
-            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
-        log_offset = self.log_path.stat().st_size
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        _RUNNING.add(self)
+        self._jvm.start(cmd, cwd=self.workdir)
         try:
-            self._wait_ready(timeout_s, log_offset)
+            self._wait_ready(timeout_s)
         except BaseException:
             self.kill()
             raise
 
-    def _log_since(self, offset: int) -> str:
-        with self.log_path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode("utf-8", "replace")
-
-    def _wait_ready(self, timeout_s: float, log_offset: int) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _wait_ready(self, timeout_s: float) -> None:
         admin: AdminClient | None = None
-        while True:
-            proc = self._proc
-            assert proc is not None
-            code = proc.poll()
-            if code is not None:
-                raise BrokerError(
-                    f"Kafka exited with code {code} during startup ({self.log_path}):\n"
-                    f"{_condensed_tail(self._log_since(log_offset))}"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(
-                    f"Kafka not ready at {self.bootstrap} after {timeout_s:.0f}s "
-                    f"({self.log_path}):\n{_condensed_tail(self._log_since(log_offset))}"
-                )
+
+        def ready(remaining: float) -> bool:
+            nonlocal admin
             # The socket is bound (and connect() succeeds via the backlog) well before the
             # broker serves requests, so a metadata round trip is the real readiness test.
-            if _READY_LINE in self._log_since(log_offset) or _port_accepts(self.port):
-                if admin is None:
-                    admin = self._admin(probe=True)
-                try:
-                    md = admin.list_topics(timeout=max(0.5, min(2.0, remaining)))
-                except KafkaException:
-                    pass
-                else:
-                    if md.brokers:
-                        return
-            time.sleep(0.2)
+            if _READY_LINE not in self._jvm.output() and not port_accepts(self.port):
+                return False
+            if admin is None:
+                admin = self._admin(probe=True)
+            try:
+                md = admin.list_topics(timeout=max(0.5, min(2.0, remaining)))
+            except KafkaException:
+                return False
+            return bool(md.brokers)
 
-    def _signal_group(self, sig: signal.Signals) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)  # start_new_session: pgid == pid
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            proc.send_signal(sig)
+        self._jvm.wait_ready(ready, timeout_s, f"at {self.bootstrap}")
 
     def stop(self, timeout_s: float = 30) -> None:
         """Shut down cleanly (SIGTERM, SIGKILL after ``timeout_s``); data and ports are kept."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                proc.wait()
-        self._reap()
+        self._jvm.stop(timeout_s)
 
     def kill(self) -> None:
         """SIGKILL the whole process group, to simulate a broker crash; data is kept."""
-        proc = self._proc
-        if proc is None:
-            return
-        self._signal_group(signal.SIGKILL)
-        proc.wait()
-        self._reap()
-
-    def _reap(self) -> None:
-        # No group-wide kill after the JVM has been reaped: it spawns no children, and its
-        # pgid could by then belong to an unrelated new session.
-        _RUNNING.discard(self)
-
-    def __enter__(self) -> KafkaBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._jvm.kill()
 
     # -- admin -----------------------------------------------------------------------------
 
@@ -436,57 +341,22 @@ class KafkaBroker:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a broker in the foreground (for the demo and manual testing) or just download it."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bridge.testing.kafka_broker",
-        description=f"Run a single-node Apache Kafka {KAFKA_VERSION} from Maven Central jars.",
+    parser = launcher_parser(
+        "bridge.testing.kafka_broker",
+        f"Run a single-node Apache Kafka {KAFKA_VERSION} from Maven Central jars.",
     )
-    parser.add_argument("--workdir", type=Path, help="config, data and kafka.log go here")
     parser.add_argument("--port", type=int, default=0, help="client port (default: a free one)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help=f"default {DEFAULT_CACHE}")
     parser.add_argument("--heap-mb", type=int, default=768)
-    parser.add_argument("--timeout", type=float, default=120.0, help="startup timeout (s)")
-    parser.add_argument(
-        "--download-only", action="store_true", help="fetch the jars into the cache and exit"
+    return run_launcher(
+        parser,
+        argv,
+        product=f"kafka {KAFKA_VERSION}",
+        ensure=ensure_kafka,
+        build=lambda args: KafkaBroker(
+            args.workdir, port=args.port, cache_dir=args.cache_dir, heap_mb=args.heap_mb
+        ),
+        describe=lambda broker: (f"kafka ready at {broker.bootstrap}", f"log: {broker.log_path}"),
     )
-    args = parser.parse_args(argv)
-
-    if args.download_only:
-        try:
-            lib = ensure_kafka(args.cache_dir)
-        except BrokerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"kafka {KAFKA_VERSION} jars in {lib}")
-        return 0
-    if args.workdir is None:
-        parser.error("--workdir is required unless --download-only is given")
-
-    stop_requested = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
-    broker = KafkaBroker(
-        args.workdir, port=args.port, cache_dir=args.cache_dir, heap_mb=args.heap_mb
-    )
-    try:
-        broker.start(timeout_s=args.timeout)
-    except BrokerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"kafka ready at {broker.bootstrap}", flush=True)
-    print(f"log: {broker.log_path}", file=sys.stderr, flush=True)
-    try:
-        while not stop_requested.wait(1.0):
-            if not broker.running:
-                print(f"error: Kafka exited:\n{broker.log_tail()}", file=sys.stderr)
-                return 1
-    finally:
-        broker.stop()
-    return 0
 
 
 if __name__ == "__main__":

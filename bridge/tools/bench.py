@@ -1,4 +1,7 @@
-"""``make bench``: the bridge's end-to-end rate next to the raw producer rate, same broker.
+"""``make bench``: the bridge's end-to-end rate next to the raw producer rate, same broker,
+for each sink (``--sink kafka``, ``rocketmq`` or ``both``, the default).
+
+Kafka:
 
 1. Raw: one confluent-kafka transactional producer writes N generated TMC contents
    (keyed by tid, 3 partitions) committing every ``batch`` records: the ceiling the
@@ -10,7 +13,14 @@
    once, so the latency includes waiting in the server-side window: it is the latency
    under saturation, not of a lightly loaded bridge.
 
-Last line: ``bench: bridge_msgs_per_s=X raw_producer_msgs_per_s=Y ratio=R p50_ms=A p99_ms=B``
+RocketMQ (local broker with ACL, ordered mode, ``examples/bridge-rocketmq.yaml``):
+
+1. Raw: rocketmq-client-python ``send_orderly_with_sharding_key`` of the same contents,
+   keyed by tid, from as many threads as the bridge has send lanes (and from one thread).
+2. Bridge: as for Kafka, with the RocketMQ sink.
+
+One line per sink: ``bench: sink=S bridge_msgs_per_s=X raw_producer_msgs_per_s=Y
+ratio=R p50_ms=A p99_ms=B``
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
 from bridge.config import load
 from bridge.sources.tmc.generator import OrderGenerator
-from bridge.testing.kafka_broker import KafkaBroker
 from bridge.tools import harness
 
 
@@ -59,58 +70,135 @@ def raw_producer_rate(bootstrap: str, topic: str, count: int, batch: int) -> flo
     return count / (time.perf_counter() - started)
 
 
+def raw_rocketmq_rate(name_server: str, topic: str, count: int, threads: int) -> float:
+    from bridge import rocketmq_sdk as sdk
+    from bridge.tools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+
+    events = OrderGenerator(seed=7).events(count)
+    settings = sdk.ClientSettings(
+        name_server, None, (DEMO_ACCESS_KEY, DEMO_SECRET_KEY, "ALIYUN"), f"bench_raw_{threads}"
+    )
+    producer = sdk.Producer(
+        f"bench_raw_{threads}", settings, send_timeout_ms=3000, max_message_bytes=4 << 20
+    )
+    producer.start()
+
+    def lane(part: int) -> None:
+        for ev in events[part::threads]:
+            msg = sdk.OutMessage(topic, ev.content.encode(), ev.topic, [str(ev.key)], ())
+            producer.send(msg, str(ev.key))
+
+    try:
+        lane(0)  # warm-up: the first send fetches the route (not thread-safe before that)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lane, range(threads)))
+        return threads * len(events[0::threads]) / (time.perf_counter() - started)
+    finally:
+        producer.shutdown()
+
+
+def run_bridge(
+    workdir: Path, config: Path, n: int, broker_env: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    port = harness.free_port()
+    sim = harness.start_simulator(workdir, port=port, messages=n, confirm_timeout_s=300)
+    bridge = harness.start_bridge(
+        workdir,
+        config,
+        sim_port=port,
+        extra_env={"TMC_BRIDGE_LOG_LEVEL": "warning", **broker_env},
+    )
+    try:
+        harness.wait_confirmed(port, n, timeout_s=600, watch=bridge)
+        cpu = {c.name: c.cpu_seconds() for c in (sim, bridge)}
+        stats: dict[str, Any] = harness.sim_get(port, "stats?latency=1")
+    finally:
+        bridge.stop(timeout_s=60)
+        sim.stop()
+    return stats, cpu
+
+
+def report(sink: str, n: int, raw: float, stats: dict[str, Any], cpu: dict[str, float]) -> bool:
+    window = stats["last_confirm_at"] - stats["first_push_at"]
+    rate = stats["confirmed"] / window if window > 0 else 0.0
+    print(
+        f"{sink}: bridge end to end: {stats['confirmed']} confirmed of {n} in {window:.2f} s, "
+        f"redelivered={stats['redelivered']}; CPU s: bridge={cpu['bridge']:.1f} "
+        f"simulator={cpu['simulator']:.1f} (2 cores shared with the broker)"
+    )
+    p50, p99 = stats.get("latency_p50_ms", 0.0), stats.get("latency_p99_ms", 0.0)
+    ratio = rate / raw if raw else 0.0
+    print(
+        f"bench: sink={sink} bridge_msgs_per_s={rate:.0f} raw_producer_msgs_per_s={raw:.0f} "
+        f"ratio={ratio:.2f} p50_ms={p50:.1f} p99_ms={p99:.1f}",
+        flush=True,
+    )
+    return bool(stats["confirmed"] == n)
+
+
+def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
+    from bridge.tools.demo import kafka_target
+
+    cfg = load(config, env={"TMC_APP_SECRET": harness.DEMO_SECRET})
+    topics = [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
+    with kafka_target(workdir, [*topics, "bench.raw"]) as (broker_env, _):
+        bootstrap = broker_env["KAFKA_BOOTSTRAP"]
+        raw = raw_producer_rate(bootstrap, "bench.raw", n, cfg.pipeline.batch_max_messages)
+        print(
+            f"kafka: raw transactional producer: {n} msgs, batch "
+            f"{cfg.pipeline.batch_max_messages}: {raw:,.0f} msgs/s",
+            flush=True,
+        )
+        stats, cpu = run_bridge(workdir, config, n, broker_env)
+    return report("kafka", n, raw, stats, cpu)
+
+
+def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
+    from bridge.tools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, rocketmq_target
+
+    env = {
+        "TMC_APP_SECRET": harness.DEMO_SECRET,
+        "ROCKETMQ_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "ROCKETMQ_SECRET_KEY": DEMO_SECRET_KEY,
+    }
+    cfg = load(config, env=env)
+    lanes = cfg.sink.rocketmq_config.send_threads
+    topics = [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
+    with rocketmq_target(workdir, [*topics, "bench_raw"]) as (broker_env, _):
+        name_server = broker_env["ROCKETMQ_NAMESRV"]
+        one = raw_rocketmq_rate(name_server, "bench_raw", min(n, 10_000), 1)
+        raw = raw_rocketmq_rate(name_server, "bench_raw", n, lanes)
+        print(
+            f"rocketmq: raw rocketmq-client-python orderly sends: {raw:,.0f} msgs/s from "
+            f"{lanes} threads, {one:,.0f} msgs/s from 1 thread",
+            flush=True,
+        )
+        stats, cpu = run_bridge(workdir, config, n, broker_env)
+    return report("rocketmq", n, raw, stats, cpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bridge.tools.bench")
+    parser.add_argument("--sink", choices=["kafka", "rocketmq", "both"], default="both")
     parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rocketmq-messages", type=int, default=50_000)
     parser.add_argument("--config", default="bridge.yaml")
+    parser.add_argument("--rocketmq-config", default="examples/bridge-rocketmq.yaml")
     parser.add_argument("--workdir", default=".work/bench")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    config = Path(args.config)
-    cfg = load(config, env={"TMC_APP_SECRET": harness.DEMO_SECRET})
-    topics = [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
-    n = args.messages
-    with KafkaBroker(workdir / "kafka") as kafka:
-        for topic in [*topics, "bench.raw"]:
-            kafka.create_topic(topic, partitions=3)
-        raw = raw_producer_rate(kafka.bootstrap, "bench.raw", n, cfg.pipeline.batch_max_messages)
-        print(
-            f"raw transactional producer: {n} msgs, batch {cfg.pipeline.batch_max_messages}: "
-            f"{raw:,.0f} msgs/s"
-        )
-        port = harness.free_port()
-        sim = harness.start_simulator(workdir, port=port, messages=n, confirm_timeout_s=300)
-        bridge = harness.start_bridge(
-            workdir,
-            config,
-            sim_port=port,
-            bootstrap=kafka.bootstrap,
-            extra_env={"TMC_BRIDGE_LOG_LEVEL": "warning"},
-        )
-        try:
-            stats = harness.wait_confirmed(port, n, timeout_s=600, watch=bridge)
-            cpu = {c.name: c.cpu_seconds() for c in (sim, bridge)}
-            stats = harness.sim_get(port, "stats?latency=1")
-        finally:
-            bridge.stop(timeout_s=60)
-            sim.stop()
-    window = stats["last_confirm_at"] - stats["first_push_at"]
-    rate = stats["confirmed"] / window if window > 0 else 0.0
-    print(
-        f"bridge end to end: {stats['confirmed']} confirmed of {n} in {window:.2f} s, "
-        f"redelivered={stats['redelivered']}; CPU s: bridge={cpu['bridge']:.1f} "
-        f"simulator={cpu['simulator']:.1f} (2 cores shared with Kafka)"
-    )
-    p50, p99 = stats.get("latency_p50_ms", 0.0), stats.get("latency_p99_ms", 0.0)
-    ratio = rate / raw if raw else 0.0
-    print(
-        f"bench: bridge_msgs_per_s={rate:.0f} raw_producer_msgs_per_s={raw:.0f} "
-        f"ratio={ratio:.2f} p50_ms={p50:.1f} p99_ms={p99:.1f}"
-    )
-    return 0 if stats["confirmed"] == n else 1
+    ok = True
+    if args.sink in ("kafka", "both"):
+        ok = bench_kafka(workdir / "kafka", Path(args.config), args.messages) and ok
+    if args.sink in ("rocketmq", "both"):
+        rocketmq_dir = workdir / "rocketmq"
+        rocketmq_dir.mkdir()
+        ok = bench_rocketmq(rocketmq_dir, Path(args.rocketmq_config), args.rocketmq_messages) and ok
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,53 +1,102 @@
-"""``tmc-bridge demo``: local Kafka + TMC simulator + bridge, then one summary line.
+"""``tmc-bridge demo``: local broker + TMC simulator + bridge, then one summary line.
 
-Everything runs on this machine: Kafka from Maven Central jars (cached in ``.cache``),
-the simulator and the bridge as child processes using ``bridge.yaml``. The demo waits
+Everything runs on this machine: the broker from Maven Central jars (cached in ``.cache``),
+the simulator and the bridge as child processes. ``--sink kafka`` (default) uses
+``bridge.yaml``; ``--sink rocketmq`` uses ``examples/bridge-rocketmq.yaml`` against a local
+RocketMQ with ACL on (the bridge signs with an access key, as against ONS). The demo waits
 until the simulator saw every message confirmed, stops the bridge with SIGTERM (a
-graceful drain), reads the topics back with ``read_committed`` and prints
+graceful drain), reads the topics back (Kafka: ``read_committed``; RocketMQ: a fresh
+consumer group from the first offset) and prints
 
     demo summary: sent=N confirmed=N delivered=N duplicates=0 order_violations=0 lost=0
 
-exiting 0 only when nothing was lost, duplicated or reordered.
+exiting 0 only when nothing was lost, duplicated or reordered (per key: one partition or
+queue, in publish order).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bridge.config import load
-from bridge.testing.kafka_broker import KafkaBroker
+from bridge.config import BridgeConfig, load
 from bridge.tools import harness
 
 PARTITIONS = 3
+QUEUES = 4
+DEMO_ACCESS_KEY = "demo-access-key"
+DEMO_SECRET_KEY = "demo-secret-key-0123"  # noqa: S105 - the local broker's demo account
+CONFIGS = {"kafka": Path("bridge.yaml"), "rocketmq": Path("examples/bridge-rocketmq.yaml")}
+
+#: (environment for the bridge, reader of what arrived)
+Target = tuple[dict[str, str], Callable[[int], list[harness.Arrived]]]
 
 
-def main(*, messages: int, workdir: Path, config: Path = Path("bridge.yaml")) -> int:
+@contextlib.contextmanager
+def kafka_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
+    from bridge.testing.kafka_broker import KafkaBroker
+
+    with KafkaBroker(workdir / "kafka") as kafka:
+        for topic in topics:
+            kafka.create_topic(topic, partitions=PARTITIONS)
+        yield (
+            {"KAFKA_BOOTSTRAP": kafka.bootstrap},
+            lambda _expected: harness.read_topics(kafka.bootstrap, topics),
+        )
+
+
+@contextlib.contextmanager
+def rocketmq_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
+    from bridge.testing.rocketmq_broker import RocketMQBroker
+    from bridge.testing.rocketmq_io import read_topics
+
+    with RocketMQBroker(workdir / "rocketmq", acl={DEMO_ACCESS_KEY: DEMO_SECRET_KEY}) as rmq:
+        for topic in topics:
+            rmq.create_topic(topic, queues=QUEUES, order=True)
+        credentials = (DEMO_ACCESS_KEY, DEMO_SECRET_KEY, "ALIYUN")
+        yield (
+            {
+                "ROCKETMQ_NAMESRV": rmq.namesrv_addr,
+                "ROCKETMQ_ACCESS_KEY": DEMO_ACCESS_KEY,
+                "ROCKETMQ_SECRET_KEY": DEMO_SECRET_KEY,
+            },
+            lambda expected: read_topics(
+                rmq.namesrv_addr, topics, expected=expected, credentials=credentials
+            ),
+        )
+
+
+def _topics(cfg: BridgeConfig) -> list[str]:
+    return [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
+
+
+def main(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | None = None) -> int:
+    config = config or CONFIGS[sink]
     if not config.exists():
         print(f"demo: {config} not found (run the demo from the project folder)")
         return 2
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    cfg = load(config, env={"TMC_APP_SECRET": harness.DEMO_SECRET})
-    topics = [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
-    print(f"demo: starting Kafka (first run downloads it from Maven Central) in {workdir}")
-    with KafkaBroker(workdir / "kafka") as kafka:
-        for topic in topics:
-            kafka.create_topic(topic, partitions=PARTITIONS)
+    env = {
+        "TMC_APP_SECRET": harness.DEMO_SECRET,
+        "ROCKETMQ_ACCESS_KEY": DEMO_ACCESS_KEY,
+        "ROCKETMQ_SECRET_KEY": DEMO_SECRET_KEY,
+    }
+    topics = _topics(load(config, env=env))
+    target = rocketmq_target if sink == "rocketmq" else kafka_target
+    print(f"demo: starting {sink} (first run downloads it from Maven Central) in {workdir}")
+    with target(workdir, topics) as (broker_env, read):
         sim_port = harness.free_port()
         sim = harness.start_simulator(workdir, port=sim_port, messages=messages)
         bridge = None
         try:
-            print(
-                f"demo: simulator on :{sim_port} with {messages} order events; "
-                f"bridge -> Kafka {kafka.bootstrap}"
-            )
+            print(f"demo: simulator on :{sim_port} with {messages} order events; bridge -> {sink}")
             started = time.monotonic()
-            bridge = harness.start_bridge(
-                workdir, config, sim_port=sim_port, bootstrap=kafka.bootstrap
-            )
+            bridge = harness.start_bridge(workdir, config, sim_port=sim_port, extra_env=broker_env)
             stats = harness.wait_confirmed(sim_port, messages, timeout_s=300, watch=bridge)
             took = time.monotonic() - started
             code = bridge.stop(timeout_s=60)
@@ -62,7 +111,7 @@ def main(*, messages: int, workdir: Path, config: Path = Path("bridge.yaml")) ->
             if bridge is not None:
                 bridge.stop()
             sim.stop()
-        arrived = harness.read_topics(kafka.bootstrap, topics)
+        arrived = read(messages)
     verdict = harness.verify(ledger, arrived, int(stats["confirmed"]))
     for problem in verdict.problems[:10]:
         print(f"demo: problem: {problem}")

@@ -130,14 +130,13 @@ def start_bridge(
     config: Path,
     *,
     sim_port: int,
-    bootstrap: str,
     extra_env: dict[str, str] | None = None,
 ) -> Child:
+    """The bridge as a child process; broker addresses come in ``extra_env``."""
     env = {
         "TMC_URL": f"ws://127.0.0.1:{sim_port}/",
         "TMC_APP_KEY": DEMO_APP_KEY,
         "TMC_APP_SECRET": DEMO_SECRET,
-        "KAFKA_BOOTSTRAP": bootstrap,
         "HOSTNAME": "demo-0",
         **(extra_env or {}),
     }
