@@ -257,6 +257,16 @@ class Producer:
         self._producer.shutdown()
 
 
+#: The client-generated unique id of a message; for a transactional send, the id the
+#: local transaction and the broker's check-back both see.
+UNIQ_KEY = "UNIQ_KEY"
+
+
+def transaction_id(message: InMessage) -> str:
+    """The transaction id of a half message handed to a checker."""
+    return message.properties.get(UNIQ_KEY) or message.msg_id
+
+
 #: A transaction check: given the half message, True = commit, False = roll back,
 #: None = unknown (ask again later).
 Checker = Callable[[InMessage], bool | None]
@@ -283,7 +293,7 @@ class TransactionalProducer:
         def check(handle: Any, message: Any, _user: Any) -> int:
             # Runs on a librocketmq thread; must not raise (see the module docstring).
             try:
-                decision = checker(_read(ffi, message, check_properties))
+                decision = checker(_read(ffi, message, (UNIQ_KEY, *check_properties)))
             except BaseException as exc:
                 log_failure("transaction check", exc)
                 return int(status.UNKNOWN)
@@ -292,6 +302,8 @@ class TransactionalProducer:
             return int(status.COMMIT if decision else status.ROLLBACK)
 
         self._check_ref = ffi.TRANSACTION_CHECK_CALLBACK(check)
+        ffi.dll.GetOriginMessageProperty.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        ffi.dll.GetOriginMessageProperty.restype = ctypes.c_char_p
         self._handle = ffi.dll.CreateTransactionProducer(group.encode(), self._check_ref, None)
         if not self._handle:
             raise BridgeError("librocketmq could not create a transactional producer")
@@ -318,18 +330,26 @@ class TransactionalProducer:
         except Exception as exc:
             raise classify(exc) from None
 
-    def send(self, msg: OutMessage, local: Callable[[], bool]) -> SendReceipt:
-        """Send a half message, run ``local`` (True = commit), end the transaction.
+    def send(self, msg: OutMessage, local: Callable[[str], bool]) -> SendReceipt:
+        """Send a half message, run ``local(transaction_id)`` (True = commit), end the
+        transaction.
 
-        The end-of-transaction request is one-way in RocketMQ: when it is lost the
-        broker asks the checker later, which must then give the same answer.
+        The transaction id is the half message's unique id (``UNIQ_KEY``), which the
+        check-back carries too (:func:`transaction_id`). The end-of-transaction request
+        is one-way in RocketMQ: when it is lost the broker asks the checker later, which
+        must then give the same answer for that transaction id.
         """
         status, ffi = self._status, self._ffi
         outcome: list[BaseException] = []
 
         def execute(handle: Any, message: Any, _user: Any) -> int:
             try:
-                return int(status.COMMIT if local() else status.ROLLBACK)
+                # The local callback gets the plain message (not a MessageExt): only the
+                # "Origin" accessors are valid on it.
+                txn = _text(ffi.dll.GetOriginMessageProperty(message, UNIQ_KEY.encode()))
+                if not txn:
+                    raise SendFailed("half message without UNIQ_KEY", permanent=False)
+                return int(status.COMMIT if local(txn) else status.ROLLBACK)
             except BaseException as exc:
                 outcome.append(exc)
                 # UNKNOWN leaves the decision to the check-back and the journal.

@@ -8,8 +8,9 @@ source only then.
 * **ordered**: each record goes out with its key (the order id) as sharding key; the
   client picks queue ``hash(key) % queues``, so one order's events share a queue.
 * **transactional**: a half message per record; the local transaction appends the
-  source message id to the :class:`~bridge.sinks.journal.Journal` and commits; the
-  broker's check-back is answered from the journal. RocketMQ clients cannot choose the
+  source message id and the half message's transaction id to the
+  :class:`~bridge.sinks.journal.Journal` and commits; the broker's check-back is
+  answered from the journal by transaction id. RocketMQ clients cannot choose the
   queue of a transactional send, so this mode gives up per-order queue placement.
 
 **Order and progress within a batch.** Records are spread over ``send_threads`` lanes by
@@ -165,16 +166,14 @@ class RocketMQSink:
         return producer
 
     def _check(self, message: sdk.InMessage) -> bool | None:
-        """The broker's check-back: the journal decides."""
+        """The broker's check-back: the journal decides, by transaction id."""
         assert self._journal is not None
-        message_id = message.properties.get(H_MESSAGE_ID)
-        if message_id is None:
-            log.error("check-back for a message without an id; leaving it open", msg=message.msg_id)
-            return None
-        committed = self._journal.contains(message_id)
+        txn = sdk.transaction_id(message)
+        committed = self._journal.has_transaction(txn)
         log.info(
             "transaction check-back",
-            message_id=message_id,
+            message_id=message.properties.get(H_MESSAGE_ID),
+            transaction_id=txn,
             decision="commit" if committed else "rollback",
         )
         return committed
@@ -259,7 +258,7 @@ class RocketMQSink:
         if (
             journal_id is not None
             and self._journal is not None
-            and self._journal.contains(journal_id)
+            and self._journal.has_message(journal_id)
         ):
             # Committed before a restart (or decided so for the next check-back).
             return None
@@ -279,20 +278,21 @@ class RocketMQSink:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         return failure
 
-    def _local_transaction(self, journal_id: str | None) -> Callable[[], bool]:
+    def _local_transaction(self, journal_id: str | None) -> Callable[[str], bool]:
         journal = self._journal
         assert journal is not None
         crash = self._crash
+        # Records without a message id (none today: the router always sets one) are
+        # journalled under 0, so their check-back still finds the transaction.
+        message_id = journal_id if journal_id and journal_id.isdigit() else "0"
 
-        def local() -> bool:
+        def local(transaction_id: str) -> bool:
             if crash is not None and next(self._local_count) == crash[1]:
-                if crash[0] == "after_journal" and journal_id is not None:
-                    journal.record(journal_id)
+                if crash[0] == "after_journal":
+                    journal.record(message_id, transaction_id)
                 log.warning("test crash inside a local transaction", point=crash[0])
                 os._exit(86)
-            if journal_id is None:
-                return True  # nothing to deduplicate later (no id); commit
-            journal.record(journal_id)
+            journal.record(message_id, transaction_id)
             return True
 
         return local

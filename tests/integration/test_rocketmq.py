@@ -199,25 +199,33 @@ async def test_transactional_check_back_after_kill_follows_the_journal(
         }
         path = tmp_path / "bridge.yaml"
         path.write_text(yaml.safe_dump(doc))
-        logs = []
+        children = []
+
+        def decisions() -> list[str]:
+            return [
+                json.loads(line)["decision"]
+                for child in children
+                for line in child.log_path.read_text().splitlines()
+                if "transaction check-back" in line
+            ]
+
         for run, crash in enumerate(["before_journal:150", "after_journal:120", ""]):
             env = {CRASH_ENV: crash} if crash else {}
             child = harness.spawn(f"bridge{run}", ["run", "--config", str(path)], tmp_path, env)
+            children.append(child)
             try:
                 if crash:
                     code = await asyncio.to_thread(child.proc.wait, 60)
                     assert code == 86, child.tail()
                 else:
                     await wait_for(lambda: sim.stats.confirmed == total, 120, "all confirmed")
+                    # The broker asks the restarted bridge about both open half messages
+                    # once it has registered (its first heartbeat can take 30 s).
+                    await wait_for(
+                        lambda: {"commit", "rollback"} <= set(decisions()), 120, "check-backs"
+                    )
             finally:
                 child.stop()
-            logs.append(child.log_path.read_text())
-        decisions = [
-            json.loads(line)["decision"]
-            for line in "".join(logs).splitlines()
-            if "transaction check-back" in line
-        ]
-        assert "rollback" in decisions and "commit" in decisions, decisions
         assert sim.stats.redelivered > 0
         v = verdict(sim, await read_rocketmq(rocketmq, rtopics.all, total))
         assert (v.delivered, v.duplicates, v.lost) == (total, 0, 0), v.problems
