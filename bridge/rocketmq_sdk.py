@@ -443,6 +443,12 @@ def _callback_failure_logger() -> Callable[[str, BaseException], None]:
 #: Lines of the native log worth forwarding, e.g.
 #: ``[2026-Nov-22 01:51:19.636394](error):msg: ...[findConsumerIds:1029]``
 _NATIVE_LINE = re.compile(r"^\[[^]]*\]\((?P<level>error|warning)\):(?P<text>.*)$")
+#: Lines the library logs at warning/error level in normal operation.
+_NATIVE_NOISE = (
+    "stopAllTcpTransportThread End",  # every shutdown, at "error" level
+    "brokeradd is empty",  # heartbeat before the first route is known
+    "%RETRY%",  # a new consumer group's retry topic does not exist yet
+)
 _NATIVE_HINTS = (
     ("AclException", "the broker refused the credentials: check access_key, secret_key, channel"),
     ("No route info", "no route: the topic does not exist, or the credentials were refused"),
@@ -497,6 +503,8 @@ class _NativeLog:
         if match is None:
             return
         text = match.group("text").strip()
+        if any(noise in text for noise in _NATIVE_NOISE):
+            return
         # Rate limit per message shape (digits stripped): the client repeats itself.
         shape = re.sub(r"\d+", "#", text)[:200]
         now = time.monotonic()
