@@ -338,3 +338,42 @@ async def test_ons_wrong_credentials_consume_nothing(
 
 
 __all__ = ["os"]
+
+
+async def test_ons_source_finds_the_name_server_through_an_address_server(
+    rocketmq: RocketMQBroker, rtopics: Topics
+) -> None:
+    """ONS clients are usually given an address server URL (ONSAddr), which answers with
+    the name server list; the source accepts one as name_server_domain."""
+    import http.server
+    import threading
+
+    class AddressServer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = rocketmq.namesrv_addr.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AddressServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source_topic = f"jst_sync_{uuid.uuid4().hex[:8]}"
+        rocketmq.create_topic(source_topic, queues=2)
+        ledger = await asyncio.to_thread(publish, rocketmq, source_topic, 200)
+        source = ons_source(rocketmq, source_topic)
+        del source["ons"]["name_server"]
+        url = f"http://127.0.0.1:{server.server_address[1]}/rocketmq/nsaddr4client-internal"
+        source["ons"]["name_server_domain"] = url
+        cfg = config(source, rocketmq_sink(rocketmq), rtopics)
+        async with running_bridge(cfg) as bridge:
+            await wait_for(lambda: bridge.source.consumed >= 202, 90, "all consumed")  # type: ignore[attr-defined]
+        v = check_ons(ledger, await read_rocketmq(rocketmq, rtopics.all, 202), rtopics.dlq)
+        assert (v.delivered, v.duplicates, v.lost) == (200, 0, 0), v.problems
+    finally:
+        server.shutdown()
+        server.server_close()
