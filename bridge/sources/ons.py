@@ -177,7 +177,12 @@ class OnsSource:
         self._starting = asyncio.create_task(self._start(consumer))
 
     async def _start(self, consumer: sdk.PushConsumer) -> None:
-        await asyncio.to_thread(consumer.start)
+        try:
+            await asyncio.to_thread(consumer.start)
+        except Exception as exc:
+            # Nothing is consumed, so nothing can be acknowledged wrongly; say why loudly.
+            log.error("ons consumer did not start", group=self._config.group_id, error=str(exc))
+            raise
         log.info(
             "ons consumer started",
             group=self._config.group_id,

@@ -299,3 +299,41 @@ def test_sink_resumes_a_batch_without_resending_and_keeps_key_order() -> None:
     assert per_key["1"] == ["v0", "v4"]
     assert "dlq:3:v2" in sent
     sink.close()
+
+
+async def test_ons_handler_answers_only_after_the_pipeline_settled() -> None:
+    """The consumer thread's verdict is the pipeline's ack: confirm -> success, fail ->
+    reconsume later, and close() releases handlers still waiting, as reconsume later."""
+    import asyncio
+
+    from bridge.config import OnsSourceConfig
+    from bridge.model import Delivery
+    from bridge.sources.ons import OnsSource
+
+    held: asyncio.Queue[Delivery] = asyncio.Queue()
+    submit = held.put
+
+    cfg = OnsSourceConfig(name_server="h:1", group_id="CID_x", topics=["t"])
+    source = OnsSource(cfg, submit)
+    source._loop = asyncio.get_running_loop()
+    source._reading = True
+
+    first = asyncio.create_task(asyncio.to_thread(source._handle, in_message(SAMPLE)))
+    delivery = await held.get()
+    await asyncio.sleep(0.05)
+    assert not first.done()  # still waiting for the sink
+    delivery.acks[0].confirm()
+    assert await first is True
+
+    second = asyncio.create_task(asyncio.to_thread(source._handle, in_message(SAMPLE)))
+    (await held.get()).acks[0].fail("sink down")
+    assert await second is False
+
+    third = asyncio.create_task(asyncio.to_thread(source._handle, in_message(SAMPLE)))
+    await held.get()
+    await source.close()
+    assert await third is False
+    # After close nothing new is handed to the pipeline.
+    assert source._handle(in_message(SAMPLE)) is False
+    assert held.empty()
+    assert (source.consumed, source.reconsume_later) == (1, 2)
