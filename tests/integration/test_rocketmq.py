@@ -341,10 +341,12 @@ __all__ = ["os"]
 
 
 async def test_ons_source_finds_the_name_server_through_an_address_server(
-    rocketmq: RocketMQBroker, rtopics: Topics
+    rocketmq: RocketMQBroker, rtopics: Topics, tmp_path: Path
 ) -> None:
     """ONS clients are usually given an address server URL (ONSAddr), which answers with
-    the name server list; the source accepts one as name_server_domain."""
+    the name server list; the source accepts one as name_server_domain. The bridge runs as
+    its own process here: librocketmq keeps process-wide client state (name server
+    addresses, broker connections), and this test must not inherit the other tests'."""
     import http.server
     import threading
 
@@ -369,10 +371,16 @@ async def test_ons_source_finds_the_name_server_through_an_address_server(
         del source["ons"]["name_server"]
         url = f"http://127.0.0.1:{server.server_address[1]}/rocketmq/nsaddr4client-internal"
         source["ons"]["name_server_domain"] = url
-        cfg = config(source, rocketmq_sink(rocketmq), rtopics)
-        async with running_bridge(cfg) as bridge:
-            await wait_for(lambda: bridge.source.consumed >= 202, 90, "all consumed")  # type: ignore[attr-defined]
-        v = check_ons(ledger, await read_rocketmq(rocketmq, rtopics.all, 202), rtopics.dlq)
+        doc = {"source": source, "sink": rocketmq_sink(rocketmq), "routing": routing(rtopics)}
+        path = tmp_path / "bridge.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        child = harness.spawn("bridge", ["run", "--config", str(path)], tmp_path, {})
+        try:
+            arrived = await read_rocketmq(rocketmq, rtopics.all, 202)
+        finally:
+            assert child.stop() == 0, child.tail()
+        assert "ons consumer started" in child.log_path.read_text()
+        v = check_ons(ledger, arrived, rtopics.dlq)
         assert (v.delivered, v.duplicates, v.lost) == (200, 0, 0), v.problems
     finally:
         server.shutdown()
