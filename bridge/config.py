@@ -112,7 +112,8 @@ class RocketMQClientConfig(_Model):
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
     channel: str = "ALIYUN"
-    #: Client instance name; two clients of one group in one process need different ones.
+    #: Client instance name; default "<group>-<pid>", so clients of different groups in one
+    #: process never share librocketmq's per-instance state (name servers, connections).
     instance_name: str | None = None
 
     @model_validator(mode="after")

@@ -104,6 +104,18 @@ def classify(exc: BaseException) -> SendFailed:
     return SendFailed(f"{type(exc).__name__}: {text}", permanent=permanent)
 
 
+def default_instance_name(group: str) -> str:
+    """One client instance per group and process.
+
+    librocketmq shares one client factory (name server list or address-server domain,
+    broker connections, heartbeats) between all clients with the same instance name. A
+    sink configured with a name server list and a source configured with an address
+    server must not share one: the source was seen connecting to the address server's
+    host:port as if it were a name server.
+    """
+    return f"{group}-{os.getpid()}"
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
     """What every RocketMQ client of the bridge needs to connect."""
@@ -179,13 +191,33 @@ def _read(ffi: ModuleType, handle: Any, property_names: Sequence[str]) -> InMess
     )
 
 
+def fetch_name_servers(url: str, timeout_s: float = 5.0) -> str:
+    """Ask an ONS address server (``ONSAddr``) for the ``host:port;host:port`` list.
+
+    librocketmq's own support (``set_name_server_domain``) fetches the list once and then
+    loses the domain in its periodic refresh ("fetchNSAddr with domain is empty"), after
+    which the client finds no routes; so the bridge fetches the list itself at start-up.
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - configured URL
+            text = resp.read(4096).decode("ascii", "replace").strip()
+    except OSError as exc:
+        raise BridgeError(f"address server {url} did not answer: {exc}") from None
+    addrs = [a.strip() for a in text.split(";") if a.strip()]
+    if not addrs or not all(re.fullmatch(r"[\w.-]+:\d+", a) for a in addrs):
+        raise BridgeError(f"address server {url} answered {text[:100]!r}, not host:port;...")
+    return ";".join(addrs)
+
+
 def _configure(client: Any, settings: ClientSettings) -> None:
     _NativeLog.instance()
     if settings.name_server is not None:
         client.set_name_server_address(settings.name_server)
     else:
         assert settings.name_server_domain is not None
-        client.set_name_server_domain(settings.name_server_domain)
+        client.set_name_server_address(fetch_name_servers(settings.name_server_domain))
     if settings.credentials is not None:
         client.set_session_credentials(*settings.credentials)
 

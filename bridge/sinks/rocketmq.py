@@ -104,7 +104,7 @@ class RocketMQSink:
             name_server=config.name_server,
             name_server_domain=config.name_server_domain,
             credentials=config.credentials("sink.rocketmq.secret_key_file"),
-            instance_name=config.instance_name,
+            instance_name=config.instance_name or sdk.default_instance_name(config.producer_group),
         )
         self._transactional = config.mode == "transactional"
         self._journal: Journal | None = None

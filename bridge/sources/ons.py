@@ -165,7 +165,7 @@ class OnsSource:
             name_server=cfg.name_server,
             name_server_domain=cfg.name_server_domain,
             credentials=cfg.credentials("source.ons.secret_key_file"),
-            instance_name=cfg.instance_name,
+            instance_name=cfg.instance_name or sdk.default_instance_name(cfg.group_id),
         )
         consumer = sdk.PushConsumer(
             cfg.group_id, settings, orderly=cfg.orderly, threads=cfg.consume_threads
