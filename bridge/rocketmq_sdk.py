@@ -40,7 +40,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import structlog
+
 from bridge.errors import BridgeError
+
+log = structlog.get_logger("bridge.rocketmq")
 
 _lock = threading.Lock()
 _modules: tuple[ModuleType, ModuleType] | None = None
@@ -320,14 +324,13 @@ class TransactionalProducer:
         self._client_mod, self._ffi = _load()
         status = self._client_mod.TransactionStatus
         ffi = self._ffi
-        log_failure = _callback_failure_logger()
 
         def check(handle: Any, message: Any, _user: Any) -> int:
             # Runs on a librocketmq thread; must not raise (see the module docstring).
             try:
                 decision = checker(_read(ffi, message, (UNIQ_KEY, *check_properties)))
             except BaseException as exc:
-                log_failure("transaction check", exc)
+                log.error("callback failed; answered safely", callback="check", error=repr(exc))
                 return int(status.UNKNOWN)
             if decision is None:
                 return int(status.UNKNOWN)
@@ -350,7 +353,6 @@ class TransactionalProducer:
             ffi.dll.SetProducerInstanceName(self._handle, settings.instance_name.encode())
         _configure(self._producer, settings)
         self._status = status
-        self._log_failure = log_failure
         # librocketmq's transactional send is not safe to call concurrently: with several
         # threads it was seen running the local transaction of *another* call (a stale
         # callback). One call at a time, always.
@@ -434,14 +436,13 @@ class PushConsumer:
     def subscribe(self, topic: str, expression: str, handler: Handler) -> None:
         ffi, names = self._ffi, self._property_names
         status = self._client_mod.ConsumeStatus
-        log_failure = _callback_failure_logger()
 
         def on_message(consumer: Any, message: Any) -> int:
             # Runs on a librocketmq thread; must not raise (see the module docstring).
             try:
                 ok = handler(_read(ffi, message, names))
             except BaseException as exc:
-                log_failure("consume", exc)
+                log.error("callback failed; answered safely", callback="consume", error=repr(exc))
                 return int(status.RECONSUME_LATER)
             return int(status.CONSUME_SUCCESS if ok is True else status.RECONSUME_LATER)
 
@@ -459,17 +460,6 @@ class PushConsumer:
 
     def shutdown(self) -> None:
         self._consumer.shutdown()
-
-
-def _callback_failure_logger() -> Callable[[str, BaseException], None]:
-    import structlog
-
-    log = structlog.get_logger("bridge.rocketmq")
-
-    def report(where: str, exc: BaseException) -> None:
-        log.error("callback failed; answered safely", callback=where, error=repr(exc))
-
-    return report
 
 
 #: Lines of the native log worth forwarding, e.g.
@@ -494,8 +484,6 @@ class _NativeLog:
     _guard = threading.Lock()
 
     def __init__(self, directory: Path) -> None:
-        import structlog
-
         self.directory = directory
         self._log = structlog.get_logger("bridge.rocketmq.native")
         self._offsets: dict[Path, int] = {}

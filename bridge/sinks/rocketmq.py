@@ -115,8 +115,10 @@ class RocketMQSink:
                 fsync=config.journal_fsync,
             )
         self._producer: sdk.Producer | sdk.TransactionalProducer | None = None
+        # Transactional sends go one at a time (see write_batch): no lane threads then.
+        self._lane_count = 1 if self._transactional else config.send_threads
         self._lanes = ThreadPoolExecutor(
-            max_workers=config.send_threads, thread_name_prefix="rocketmq-lane"
+            max_workers=self._lane_count, thread_name_prefix="rocketmq-lane"
         )
         self._progress: _Progress | None = None
         self._stopping = threading.Event()
@@ -209,7 +211,7 @@ class RocketMQSink:
         lanes: dict[int, list[int]] = {}
         # Transactional sends are serialised by the client wrapper anyway (see
         # rocketmq_sdk.TransactionalProducer); one lane keeps that explicit.
-        count = 1 if self._transactional else self._config.send_threads
+        count = self._lane_count
         for index, record in enumerate(records):
             if not progress.done[index]:
                 lanes.setdefault(_lane(record, index, count), []).append(index)

@@ -152,10 +152,10 @@ def report(sink: str, n: int, raw: float, stats: dict[str, Any], cpu: dict[str, 
 
 
 def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
-    from bridge.tools.demo import kafka_target
+    from bridge.tools.demo import kafka_target, topics_of
 
     cfg = load(config, env={"TMC_APP_SECRET": harness.DEMO_SECRET})
-    topics = [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
+    topics = topics_of(cfg)
     with kafka_target(workdir, [*topics, "bench.raw"]) as (broker_env, _):
         bootstrap = broker_env["KAFKA_BOOTSTRAP"]
         raw = raw_producer_rate(bootstrap, "bench.raw", n, cfg.pipeline.batch_max_messages)
@@ -169,7 +169,7 @@ def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
 
 
 def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
-    from bridge.tools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, rocketmq_target
+    from bridge.tools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, rocketmq_target, topics_of
 
     env = {
         "TMC_APP_SECRET": harness.DEMO_SECRET,
@@ -178,7 +178,7 @@ def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
     }
     cfg = load(config, env=env)
     lanes = cfg.sink.rocketmq_config.send_threads
-    topics = [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
+    topics = topics_of(cfg)
     with rocketmq_target(workdir, [*topics, "bench_raw"]) as (broker_env, _):
         name_server = broker_env["ROCKETMQ_NAMESRV"]
         one = raw_rocketmq_rate(name_server, "bench_raw", min(n, 10_000), 1)

@@ -69,7 +69,8 @@ def rocketmq_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
         )
 
 
-def _topics(cfg: BridgeConfig) -> list[str]:
+def topics_of(cfg: BridgeConfig) -> list[str]:
+    """Every sink topic a config writes to, dead-letter topic last."""
     return [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
 
 
@@ -86,7 +87,7 @@ def main(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | No
         "ROCKETMQ_ACCESS_KEY": DEMO_ACCESS_KEY,
         "ROCKETMQ_SECRET_KEY": DEMO_SECRET_KEY,
     }
-    topics = _topics(load(config, env=env))
+    topics = topics_of(load(config, env=env))
     target = rocketmq_target if sink == "rocketmq" else kafka_target
     print(f"demo: starting {sink} (first run downloads it from Maven Central) in {workdir}")
     with target(workdir, topics) as (broker_env, read):
