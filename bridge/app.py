@@ -4,6 +4,9 @@ Shutdown (first signal): stop reading from the source, let the pipeline commit w
 holds, confirm it, close the source, exit. If that takes longer than
 ``pipeline.drain_timeout_s``, or a second signal arrives, the pipeline is aborted:
 nothing uncommitted is confirmed and the source redelivers it later.
+
+Health: the HTTP port (``http``) serves ``/metrics``, ``/livez`` and ``/readyz`` from
+the first moment, so a pod that cannot reach its source or sink is visibly not ready.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import Any, Protocol
 import structlog
 
 from bridge.config import BridgeConfig
+from bridge.errors import BridgeError
 from bridge.model import Delivery
+from bridge.observability.http import HealthServer
+from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import BatchSink, Pipeline
 from bridge.pipeline.routing import Router
 
@@ -26,6 +32,15 @@ log = structlog.get_logger("bridge.app")
 class Source(Protocol):
     """What the bridge needs of a source (TMC WebSocket, ONS push consumer)."""
 
+    @property
+    def online(self) -> bool:
+        """Logged in (TMC: at least one connection) or consumer started (ONS)."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the source is not online, for /readyz (None when it is)."""
+        ...
+
     def start(self) -> None: ...
 
     async def stop_reading(self) -> None: ...
@@ -33,7 +48,7 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
-def build_sink(config: BridgeConfig) -> BatchSink:
+def build_sink(config: BridgeConfig, metrics: Metrics) -> BatchSink:
     # Imported here so a Kafka bridge never loads librocketmq, and the other way round.
     if config.sink.type == "rocketmq":
         from bridge.sinks.rocketmq import RocketMQSink
@@ -41,19 +56,25 @@ def build_sink(config: BridgeConfig) -> BatchSink:
         return RocketMQSink(config.sink.rocketmq_config)
     from bridge.sinks.kafka import KafkaSink
 
-    return KafkaSink(config.sink.kafka_config)
+    # The probe asks for the dead-letter topic's metadata: a topic the bridge may write
+    # to anyway, and one small answer instead of the whole cluster's topic list.
+    return KafkaSink(
+        config.sink.kafka_config, metrics=metrics, probe_topic=config.routing.dead_letter_topic
+    )
 
 
 def build_source(
-    config: BridgeConfig, submit: Callable[[Delivery], Coroutine[Any, Any, None]]
+    config: BridgeConfig,
+    submit: Callable[[Delivery], Coroutine[Any, Any, None]],
+    metrics: Metrics,
 ) -> Source:
     if config.source.type == "ons":
         from bridge.sources.ons import OnsSource
 
-        return OnsSource(config.source.ons_config, submit)
+        return OnsSource(config.source.ons_config, submit, metrics=metrics)
     from bridge.sources.tmc.client import TmcSource
 
-    return TmcSource(config.source.tmc_config, submit)
+    return TmcSource(config.source.tmc_config, submit, metrics=metrics)
 
 
 def describe(config: BridgeConfig) -> dict[str, object]:
@@ -71,12 +92,52 @@ class Bridge:
 
     def __init__(self, config: BridgeConfig, *, sink: BatchSink | None = None) -> None:
         self.config = config
+        self.metrics = Metrics()
         self.router = Router(config.routing, envelope=config.sink.value_format == "envelope")
-        self.sink: BatchSink = sink or build_sink(config)
-        self.pipeline = Pipeline(config.pipeline, self.router, self.sink)
-        self.source = build_source(config, self.pipeline.submit)
+        self.sink: BatchSink = sink or build_sink(config, self.metrics)
+        self.pipeline = Pipeline(
+            config.pipeline,
+            self.router,
+            self.sink,
+            metrics=self.metrics,
+            log_message_ids=config.log.message_ids,
+        )
+        self.source = build_source(config, self.pipeline.submit, self.metrics)
         self.stopping = asyncio.Event()
         self.aborting = asyncio.Event()
+        self.http: HealthServer | None = None
+        self.metrics.app_ready.set_function(lambda: 0.0 if self.problems() else 1.0)
+
+    def problems(self) -> list[str]:
+        """Why the bridge is not ready (empty when it is). Read from the HTTP thread."""
+        found = []
+        if self.stopping.is_set():
+            found.append("draining")
+        source = self.source.problem()
+        if source is not None:
+            found.append(source)
+        sink = self.pipeline.sink_problem()
+        if sink is not None:
+            found.append(sink)
+        return found
+
+    def _start_http(self) -> None:
+        cfg = self.config.http
+        if not cfg.enabled:
+            return
+        try:
+            self.http = HealthServer(
+                cfg.host,
+                cfg.port,
+                self.metrics.registry,
+                self.problems,
+                loop=asyncio.get_running_loop(),
+            )
+        except OSError as exc:
+            raise BridgeError(
+                f"http: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}"
+            ) from None
+        self.http.start()
 
     def request_stop(self) -> None:
         """First call: graceful drain. Second call: abort without confirming more."""
@@ -85,9 +146,19 @@ class Bridge:
             self.aborting.set()
             self.pipeline.abort()
         self.stopping.set()
+        self.metrics.app_draining.set(1)
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Run until stopped. True when the drain finished, False when it was aborted."""
         log.info("bridge starting", **describe(self.config))
+        self._start_http()
+        try:
+            return await self._run()
+        finally:
+            if self.http is not None:
+                await asyncio.to_thread(self.http.stop)
+
+    async def _run(self) -> bool:
         sink_ready = asyncio.create_task(self.pipeline.start_sink())
         stop_wait = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({sink_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -96,7 +167,7 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await sink_ready
             await self.pipeline.shutdown()
-            return
+            return True
         sink_ready.result()
         self.source.start()
         writer = asyncio.create_task(self.pipeline.run())
@@ -109,7 +180,8 @@ class Bridge:
         done, _ = await asyncio.wait(
             {writer, abort_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
-        if writer not in done:
+        drained = writer in done
+        if not drained:
             log.warning("drain did not finish, aborting", in_flight=self.pipeline.in_flight)
             self.pipeline.abort()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,3 +199,4 @@ class Bridge:
         if error is not None:
             # A bug in the pipeline: nothing more was confirmed; surface it as a failure.
             raise error
+        return drained and not self.aborting.is_set()

@@ -1,6 +1,7 @@
 """``tmc-bridge`` command line: run, check-config, simulate, demo.
 
-Exit codes: 0 ok, 1 runtime failure (e.g. the demo found a loss), 2 usage or
+Exit codes: 0 ok (``run``: stopped after a complete drain), 1 runtime failure (e.g.
+the demo found a loss, or ``run`` stopped before its drain finished), 2 usage or
 configuration error. Errors are one readable line (or one per bad key), never a
 traceback and never a secret.
 """
@@ -28,15 +29,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config_mod.load(Path(args.config))
     obs_logging.configure(cfg.log.level, cfg.log.format)
 
-    async def main() -> None:
+    async def main() -> bool:
         bridge = Bridge(cfg)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, bridge.request_stop)
-        await bridge.run()
+        return await bridge.run()
 
-    asyncio.run(main())
-    return 0
+    # 0: drained (everything committed was confirmed); 1: stopped without finishing the
+    # drain (second signal or drain_timeout_s): the source redelivers what was left.
+    return 0 if asyncio.run(main()) else 1
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

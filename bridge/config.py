@@ -280,7 +280,9 @@ class RoutingConfig(_Model):
     """TMC topic -> sink topic, and which content field is the record key.
 
     Patterns are shell globs (``taobao_trade_*``), tried in the order written; the first
-    match wins, so put ``"*"`` last.
+    match wins, so put ``"*"`` last. Both maps may also be written as a list of one-entry
+    mappings (``- "taobao_trade_*": tmc.trade``): tools that sort mapping keys (Helm's
+    ``toYaml``) would otherwise move ``"*"`` first and route everything there.
     """
 
     topics: dict[str, str] = Field(default_factory=lambda: {"*": "tmc.messages"})
@@ -297,6 +299,21 @@ class RoutingConfig(_Model):
     dead_letter_topic: str = "tmc.dlq"
     #: A dead-lettered value is cut to this size (a too-large record must still fit).
     dead_letter_max_value_bytes: PositiveInt = 64 * 1024
+
+    @field_validator("topics", "keys", mode="before")
+    @classmethod
+    def _ordered_list_form(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        merged: dict[Any, Any] = {}
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ValueError(f"item {i}: write one 'pattern: value' mapping per item")
+            ((pattern, target),) = item.items()
+            if pattern in merged:
+                raise ValueError(f"item {i}: pattern {pattern!r} is listed twice")
+            merged[pattern] = target
+        return merged
 
     @field_validator("keys")
     @classmethod
@@ -322,12 +339,28 @@ class PipelineConfig(_Model):
     give_up_after_s: Annotated[float, Field(ge=0)] = 0.0
     #: On shutdown, how long to wait for in-flight messages to be committed and confirmed.
     drain_timeout_s: PositiveFloat = 20.0
+    #: While idle, how often the sink's broker is asked whether it answers (for /readyz).
+    sink_probe_interval_s: PositiveFloat = 10.0
+    #: /readyz reports the sink stalled when one batch has been in it this long.
+    sink_stall_s: PositiveFloat = 60.0
 
 
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: auto = JSON, or a readable console format when stdout is a terminal.
     format: Literal["auto", "json", "console"] = "auto"
+    #: Put every message id of a batch on its "batch committed" line (first/last only
+    #: otherwise). Ids only: message contents are never logged.
+    message_ids: bool = False
+
+
+class HttpConfig(_Model):
+    """The one HTTP port: /metrics (Prometheus), /livez, /readyz."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    #: 0 picks a free port (tests); the bound port is logged.
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
 
 
 class BridgeConfig(_Model):
@@ -336,6 +369,7 @@ class BridgeConfig(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @model_validator(mode="after")
     def _sink_topic_names(self) -> BridgeConfig:

@@ -2,6 +2,10 @@
 
 Log lines carry ids and counts, never message contents or secrets: call sites pass only
 those, and nothing here serialises configuration objects.
+
+Libraries that log through the standard ``logging`` module (websockets, asyncio) go
+through the same processors and renderer, so a log collector sees one JSON stream on
+stdout with one schema: ``timestamp``, ``level``, ``logger``, ``event`` and fields.
 """
 
 from __future__ import annotations
@@ -14,33 +18,69 @@ from typing import Literal
 import structlog
 
 Format = Literal["auto", "json", "console"]
+LEVEL_ENV = "TMC_BRIDGE_LOG_LEVEL"
+FORMAT_ENV = "TMC_BRIDGE_LOG_FORMAT"
 
 
-def configure(level: str = "info", fmt: Format = "auto") -> None:
+def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib loggers of the libraries we use.
 
-    ``TMC_BRIDGE_LOG_LEVEL`` in the environment overrides ``level``.
+    ``TMC_BRIDGE_LOG_LEVEL`` and ``TMC_BRIDGE_LOG_FORMAT`` in the environment override
+    the configured level and format (e.g. ``debug`` for one pod without a new ConfigMap).
     """
-    level = os.environ.get("TMC_BRIDGE_LOG_LEVEL", level).lower()
+    level = os.environ.get(LEVEL_ENV, level).lower()
+    fmt = os.environ.get(FORMAT_ENV, fmt).lower()
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    console = fmt == "console" or (fmt not in ("json", "console") and sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=True)
         if console
         else structlog.processors.JSONRenderer()
     )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
+            structlog.stdlib.add_logger_name,
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=_NamedPrintLogger.factory,
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
     # websockets logs every handshake failure at INFO/ERROR with tracebacks; ours say it once.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """PrintLogger (the fast path) that keeps the name given to ``get_logger``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(sys.stdout)
+        self.name = name
+
+    @classmethod
+    def factory(cls, *args: object) -> _NamedPrintLogger:
+        return cls(str(args[0]) if args else "bridge")
+
+
+__all__ = ["FORMAT_ENV", "LEVEL_ENV", "Format", "configure"]

@@ -16,6 +16,11 @@ Guarantees, and how they are kept:
   held; sources await it before reading more, so a slow sink slows the socket reads.
 
 The blocking sink runs on one dedicated thread; the event loop never blocks on it.
+
+Health, for ``/readyz``: the sink is ready once started, as long as its last batch or
+idle probe went through and no batch has been stuck in it for ``sink_stall_s``. While
+idle, the writer probes the sink every ``sink_probe_interval_s`` (for Kafka, a metadata
+round trip), so a broker that went away is noticed without traffic.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ import structlog
 from bridge.config import PipelineConfig
 from bridge.errors import SinkError, SinkStopped
 from bridge.model import Delivery, OutRecord
+from bridge.observability import metrics as m
 from bridge.pipeline.routing import Router
 
 log = structlog.get_logger("bridge.pipeline")
@@ -44,8 +50,13 @@ class BatchSink(Protocol):
     """What the pipeline needs of a sink; every method may block (sink thread only)."""
 
     name: str
+    #: Started and not known to be cut off from its broker (read from any thread).
+    ready: bool
 
     def start(self) -> None: ...
+
+    def probe(self) -> None:
+        """A cheap round trip to the broker while idle; raises SinkError when it fails."""
 
     def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]: ...
 
@@ -66,7 +77,7 @@ class _Entry:
 
 @dataclass(slots=True)
 class PipelineStats:
-    """Counters for logs, tests and the benchmark (metrics come in a later issue)."""
+    """Counters for logs, tests and the benchmark (Prometheus has its own, see metrics)."""
 
     received: int = 0
     duplicates_in_flight: int = 0
@@ -87,12 +98,18 @@ class Pipeline:
         router: Router,
         sink: BatchSink,
         *,
+        metrics: m.Metrics | None = None,
+        log_message_ids: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._router = router
         self._sink = sink
         self._clock = clock
+        self.metrics = metrics or m.Metrics()
+        self._log_ids = log_message_ids
+        self.metrics.in_flight.set_function(lambda: len(self._pending))
+        self.metrics.sink_up(sink.name, lambda: self.sink_problem() is None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{sink.name}-sink")
         self._pending: dict[tuple[str, int], _Entry] = {}
         self._queue: deque[_Entry] = deque()
@@ -102,6 +119,11 @@ class Pipeline:
         self._has_room.set()
         self._closed = False
         self._aborted = False
+        self._sink_started = False
+        #: Why the last batch attempt or probe failed; None once one went through.
+        self._sink_error: str | None = None
+        #: Clock time the batch now in the sink went in (None while idle).
+        self._writing_since: float | None = None
         self.stats = PipelineStats()
         #: Called on the loop after each commit with (messages, seconds in the sink).
         self.on_commit: Callable[[int, float], None] | None = None
@@ -123,12 +145,14 @@ class Pipeline:
         key = (msg.source, msg.message_id)
         if key in self._committed:
             self.stats.duplicates_committed += 1
+            self.metrics.duplicate(msg.source, "committed")
             for ack in delivery.acks:
                 ack.confirm()
             return
         entry = self._pending.get(key)
         if entry is not None:
             self.stats.duplicates_in_flight += 1
+            self.metrics.duplicate(msg.source, "in_flight")
             entry.delivery.acks.extend(delivery.acks)
             return
         while len(self._pending) >= self._config.max_in_flight:
@@ -142,6 +166,7 @@ class Pipeline:
             # Draining: not accepted, not confirmed; the source will redeliver it.
             return
         self.stats.received += 1
+        self.metrics.received(msg.source, msg.topic, msg.publish_time_ms)
         entry = _Entry(key, delivery, self._router.route(msg), self._clock())
         self._pending[key] = entry
         self._queue.append(entry)
@@ -151,6 +176,20 @@ class Pipeline:
 
     async def start_sink(self) -> None:
         await self._in_sink(self._sink.start)
+        self._sink_started = True
+
+    def sink_problem(self) -> str | None:
+        """None when the sink is ready, else why not (one short line, no secrets)."""
+        if not self._sink_started:
+            return "sink starting"
+        if not self._sink.ready:
+            return f"{self._sink.name} sink not connected"
+        if self._sink_error is not None:
+            return f"{self._sink.name} sink failing: {self._sink_error}"
+        since = self._writing_since
+        if since is not None and self._clock() - since > self._config.sink_stall_s:
+            return f"{self._sink.name} sink stalled: one batch for {self._clock() - since:.0f} s"
+        return None
 
     async def run(self) -> None:
         """Write batches until :meth:`close` was called and the queue is empty."""
@@ -161,7 +200,12 @@ class Pipeline:
                 if self._closed:
                     return
                 self._has_work.clear()
-                await self._has_work.wait()
+                try:
+                    await asyncio.wait_for(
+                        self._has_work.wait(), self._config.sink_probe_interval_s
+                    )
+                except TimeoutError:
+                    await self._probe()
                 continue
             # Linger counts from the oldest queued message: what waited while the
             # previous batch was committing goes out at once, so under load batches
@@ -177,19 +221,46 @@ class Pipeline:
                 return
         # Aborted: whatever is still queued stays unconfirmed; the source redelivers it.
 
+    async def _probe(self) -> None:
+        try:
+            await self._in_sink(self._sink.probe)
+        except SinkError as exc:
+            if self._sink_error is None:
+                log.warning("sink probe failed", error=str(exc), error_class=exc.error_class)
+            self._sink_error = str(exc)
+            return
+        if self._sink_error is not None:
+            log.info("sink probe succeeded again")
+        self._sink_error = None
+
     async def _write(self, batch: list[_Entry]) -> bool:
         """Commit one batch, retrying until it is in; False when the sink stopped."""
+        try:
+            return await self._write_until_done(batch)
+        finally:
+            self._writing_since = None
+
+    async def _write_until_done(self, batch: list[_Entry]) -> bool:
         records = [e.record for e in batch]
         first_try = self._clock()
         backoff = self._config.retry_backoff_min_s
+        sink = self._sink.name
+        attempt = 0
         while True:
-            started = self._clock()
+            if attempt:
+                self.metrics.transaction(sink, m.RETRIED)
+            attempt += 1
+            started = self._writing_since = self._clock()
             try:
                 refused = await self._in_sink(self._sink.write_batch, records)
             except SinkStopped:
+                self.metrics.transaction(sink, m.ABORTED)
                 log.warning("sink stopped; batch left unconfirmed", messages=len(batch))
                 return False
             except SinkError as exc:
+                self.metrics.transaction(sink, m.ABORTED)
+                self.metrics.sink_error(sink, exc.error_class)
+                self._sink_error = str(exc)
                 self.stats.batch_retries += 1
                 log.warning(
                     "batch not committed, will retry",
@@ -209,6 +280,7 @@ class Pipeline:
                 backoff = min(backoff * 2, self._config.retry_backoff_max_s)
                 continue
             if refused:
+                self.metrics.transaction(sink, m.ABORTED)
                 stuck = False
                 for index, reason in refused:
                     before = records[index]
@@ -226,6 +298,7 @@ class Pipeline:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._config.retry_backoff_max_s)
                 continue
+            self._sink_error = None
             self._settle(batch, records, self._clock() - started)
             return True
 
@@ -242,27 +315,38 @@ class Pipeline:
 
     def _settle(self, batch: list[_Entry], records: list[OutRecord], took_s: float) -> None:
         cache, limit = self._committed, self._config.dedupe_cache_size
-        dead = 0
+        metrics, now = self.metrics, self._clock()
+        per_topic: Counter[str] = Counter()
+        dead_per_topic: Counter[str] = Counter()
         for entry, record in zip(batch, records, strict=True):
             for ack in entry.delivery.acks:
                 ack.confirm()
             del self._pending[entry.key]
             cache[entry.key] = None
+            msg = entry.delivery.message
+            metrics.confirmed(msg.source, msg.topic, now - entry.arrived)
+            per_topic[record.topic] += 1
             if record.dead_letter_reason is not None:
-                dead += 1
+                dead_per_topic[msg.topic] += 1
+        dead = dead_per_topic.total()
+        metrics.committed(
+            self._sink.name, per_topic.items(), dead_per_topic.items(), len(batch), took_s
+        )
         while len(cache) > limit:
             cache.popitem(last=False)
         self.stats.committed += len(batch)
         self.stats.dead_lettered += dead
         self.stats.batches += 1
         self._has_room.set()
+        ids: dict[str, object] = {"first_id": batch[0].key[1], "last_id": batch[-1].key[1]}
+        if self._log_ids:
+            ids["message_ids"] = [e.key[1] for e in batch]
         log.info(
             "batch committed",
             messages=len(batch),
             dead_lettered=dead,
-            first_id=batch[0].key[1],
-            last_id=batch[-1].key[1],
             sink_ms=round(took_s * 1000, 1),
+            **ids,
         )
         if self.on_commit is not None:
             self.on_commit(len(batch), took_s)
@@ -280,6 +364,8 @@ class Pipeline:
             for ack in entry.delivery.acks:
                 ack.fail(reason)
             del self._pending[entry.key]
+            msg = entry.delivery.message
+            self.metrics.failed(msg.source, msg.topic)
         self.stats.failed_back += len(entries)
         self._has_room.set()
         log.error("batch handed back as failed", messages=len(entries), reason=reason)

@@ -33,6 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from bridge.config import KafkaSinkConfig
 from bridge.errors import SinkError, SinkStopped
 from bridge.model import OutRecord
+from bridge.observability.metrics import Metrics
 
 log = structlog.get_logger("bridge.sink.kafka")
 
@@ -67,9 +68,15 @@ class KafkaSink:
         config: KafkaSinkConfig,
         *,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        metrics: Metrics | None = None,
+        probe_topic: str | None = None,
+        probe_timeout_s: float = 5.0,
     ) -> None:
         self._config = config
         self._factory = producer_factory
+        self._metrics = metrics or Metrics()
+        self._probe_topic = probe_topic
+        self._probe_timeout_s = probe_timeout_s
         self._producer: Producer | None = None
         self._stopping = threading.Event()
         self._record_errors: dict[int, KafkaError] = {}
@@ -111,6 +118,21 @@ class KafkaSink:
             except (KafkaException, RuntimeError):
                 pass
         self.start()
+
+    def probe(self) -> None:
+        """Idle health check: serve pending callbacks, then one metadata round trip."""
+        producer = self._require()
+        producer.poll(0)
+        try:
+            producer.list_topics(self._probe_topic, timeout=self._probe_timeout_s)
+        except KafkaException as exc:
+            self.ready = False
+            err: KafkaError = exc.args[0]
+            raise SinkError(
+                f"broker did not answer a metadata request: {_describe(err)}",
+                error_class=err.name(),
+            ) from None
+        self.ready = True
 
     def stop(self) -> None:
         """Thread-safe: make pending retry loops give up with SinkStopped."""
@@ -171,6 +193,7 @@ class KafkaSink:
         while True:
             try:
                 producer.commit_transaction(self._config.commit_timeout_s)
+                self.ready = True
                 return []
             except KafkaException as exc:
                 err = exc.args[0]
@@ -199,6 +222,8 @@ class KafkaSink:
                     ) from None
                 # Outcome not known yet (e.g. broker down): only another commit call may
                 # resolve it. Aborting here could drop a commit that is in progress.
+                self.ready = False
+                self._metrics.sink_error(self.name, err.name())
                 log.warning("commit not acknowledged yet, retrying", error=_describe(err))
                 self._check_stopping(producer, abort=False)
 
@@ -215,6 +240,9 @@ class KafkaSink:
 
     def _on_client_error(self, err: KafkaError) -> None:
         # Broker connectivity and the like. Addresses only; no record content, no secrets.
+        self._metrics.sink_error(self.name, err.name())
+        if err.code() == KafkaError._ALL_BROKERS_DOWN or err.fatal():
+            self.ready = False
         log.warning("kafka client error", error=_describe(err), fatal=err.fatal())
 
     def _check_stopping(self, producer: Producer, *, abort: bool = True) -> None:
@@ -249,6 +277,8 @@ class KafkaSink:
                 if give_up or self._stopping.is_set():
                     # The broker aborts the transaction itself after transaction.timeout.ms.
                     raise SinkStopped("sink stopping during abort") from None
+                self.ready = False
+                self._metrics.sink_error(self.name, err.name())
                 log.warning("abort not acknowledged yet, retrying", error=_describe(err))
 
     def _retry(self, fn: Callable[[Producer], None], what: str) -> None:

@@ -34,6 +34,7 @@ import structlog
 from bridge import rocketmq_sdk as sdk
 from bridge.config import OnsSourceConfig
 from bridge.model import Delivery, SourceMessage
+from bridge.observability.metrics import Metrics
 
 log = structlog.get_logger("bridge.source.ons")
 
@@ -140,8 +141,14 @@ class OnsSource:
         self,
         config: OnsSourceConfig,
         submit: Callable[[Delivery], Coroutine[Any, Any, None]],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
+        self._metrics.connection_up("ons", 0, False)
+        self._started = False
+        self._start_error: str | None = None
         self._submit = submit
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: sdk.PushConsumer | None = None
@@ -155,7 +162,18 @@ class OnsSource:
 
     @property
     def logged_in(self) -> bool:
-        return self._consumer is not None and self._reading
+        return self._started and self._reading
+
+    @property
+    def online(self) -> bool:
+        return self.logged_in
+
+    def problem(self) -> str | None:
+        if self.logged_in:
+            return None
+        if self._start_error is not None:
+            return f"ons consumer did not start: {self._start_error}"
+        return "ons consumer not started"
 
     def start(self) -> None:
         """Create, subscribe and start the consumer (the blocking start runs off-loop)."""
@@ -182,7 +200,10 @@ class OnsSource:
         except Exception as exc:
             # Nothing is consumed, so nothing can be acknowledged wrongly; say why loudly.
             log.error("ons consumer did not start", group=self._config.group_id, error=str(exc))
+            self._start_error = str(exc)
             raise
+        self._started = True
+        self._metrics.connection_up("ons", 0, True)
         log.info(
             "ons consumer started",
             group=self._config.group_id,
@@ -231,6 +252,8 @@ class OnsSource:
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         consumer, self._consumer = self._consumer, None
+        self._started = False
+        self._metrics.connection_up("ons", 0, False)
         if consumer is not None:
             await asyncio.to_thread(consumer.shutdown)
         log.info(

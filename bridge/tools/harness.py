@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 DEMO_SECRET = "demo-app-secret-0123456789"  # noqa: S105 - the simulator's demo credential
 DEMO_APP_KEY = "12345678"
@@ -41,6 +43,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     log_path: Path
     _log: IO[bytes]
+    #: The bridge's /metrics, /livez, /readyz port (0 for other children).
+    http_port: int = 0
 
     def stop(self, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -86,6 +90,7 @@ def start_simulator(
     messages: int = 0,
     window: int = 1000,
     confirm_timeout_s: float = 60.0,
+    secret: str = DEMO_SECRET,
 ) -> Child:
     child = spawn(
         "simulator",
@@ -105,7 +110,7 @@ def start_simulator(
             "warning",
         ],
         workdir,
-        {"TMC_APP_SECRET": DEMO_SECRET},
+        {"TMC_APP_SECRET": secret},
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -131,16 +136,54 @@ def start_bridge(
     *,
     sim_port: int,
     extra_env: dict[str, str] | None = None,
+    secret: str = DEMO_SECRET,
+    name: str = "bridge",
 ) -> Child:
-    """The bridge as a child process; broker addresses come in ``extra_env``."""
+    """The bridge as a child process; broker addresses come in ``extra_env``. Its HTTP
+    port is a free one, passed as ``TMC_BRIDGE_HTTP_PORT`` (the example configs read it)."""
+    http_port = free_port()
     env = {
         "TMC_URL": f"ws://127.0.0.1:{sim_port}/",
         "TMC_APP_KEY": DEMO_APP_KEY,
-        "TMC_APP_SECRET": DEMO_SECRET,
+        "TMC_APP_SECRET": secret,
         "HOSTNAME": "demo-0",
+        "TMC_BRIDGE_HTTP_PORT": str(http_port),
         **(extra_env or {}),
     }
-    return spawn("bridge", ["run", "--config", str(config.resolve())], workdir, env)
+    child = spawn(name, ["run", "--config", str(config.resolve())], workdir, env)
+    child.http_port = http_port
+    return child
+
+
+def http_get(port: int, path: str, timeout_s: float = 10.0) -> tuple[int, str]:
+    """GET one of the bridge's endpoints: (status, body); (0, error) when it is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}."""
+    status, text = http_get(port, "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}: {text[:200]}")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric_sum(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, lbl), v in samples.items() if n == name and want <= set(lbl))
 
 
 def wait_confirmed(

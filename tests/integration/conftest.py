@@ -115,6 +115,8 @@ def bridge_config(
             "drain_timeout_s": 10,
             **(pipeline or {}),
         },
+        # Port 0: each in-process bridge gets a free port (bridge.http.port).
+        "http": {"host": "127.0.0.1", "port": 0},
     }
     return cfgmod.parse(doc, env={})
 

@@ -130,6 +130,7 @@ def config(source: dict[str, Any], sink: dict[str, Any], topics: Topics) -> Brid
             "retry_backoff_max_s": 1.0,
             "drain_timeout_s": 10,
         },
+        "http": {"host": "127.0.0.1", "port": 0},
     }
     return cfgmod.parse(doc, env={})
 
@@ -196,6 +197,7 @@ async def test_transactional_check_back_after_kill_follows_the_journal(
             "routing": routing(rtopics),
             "pipeline": {"batch_linger_ms": 10, "batch_max_messages": 50},
             "log": {"format": "json"},
+            "http": {"host": "127.0.0.1", "port": 0},
         }
         path = tmp_path / "bridge.yaml"
         path.write_text(yaml.safe_dump(doc))
@@ -371,7 +373,12 @@ async def test_ons_source_finds_the_name_server_through_an_address_server(
         del source["ons"]["name_server"]
         url = f"http://127.0.0.1:{server.server_address[1]}/rocketmq/nsaddr4client-internal"
         source["ons"]["name_server_domain"] = url
-        doc = {"source": source, "sink": rocketmq_sink(rocketmq), "routing": routing(rtopics)}
+        doc = {
+            "source": source,
+            "sink": rocketmq_sink(rocketmq),
+            "routing": routing(rtopics),
+            "http": {"host": "127.0.0.1", "port": 0},
+        }
         path = tmp_path / "bridge.yaml"
         path.write_text(yaml.safe_dump(doc))
         child = harness.spawn("bridge", ["run", "--config", str(path)], tmp_path, {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -41,9 +41,16 @@ class ScriptedSink:
         self.gate = threading.Event()
         self.gate.set()
         self.stopped = False
+        self.ready = True
+        self.probes: list[object] = []
 
     def start(self) -> None:
         pass
+
+    def probe(self) -> None:
+        outcome = self.probes.pop(0) if self.probes else None
+        if isinstance(outcome, BaseException):
+            raise outcome
 
     def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
         self.gate.wait(10)
@@ -236,3 +243,97 @@ async def test_refused_dead_letter_is_emptied_then_written() -> None:
     assert record.topic == "tmc.dlq" and record.value == b""
     assert headers["tmc.dlq.truncated"] == b"true" and headers["tmc.message_id"] == b"1"
     assert log == [("confirm", 1)] and len(sink.batches) == 3
+
+
+def sample(p: Pipeline, name: str, **labels: str) -> float:
+    value = p.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_metrics_count_what_the_pipeline_did() -> None:
+    log: list[tuple[str, int]] = []
+    # Batch 1 commits; batch 2 fails once, then has record 1 refused, then commits.
+    sink = ScriptedSink([None, SinkError("down", error_class="_TRANSPORT"), [(1, "too big")]])
+    p = make(sink)
+    for i in range(8):
+        await p.submit(delivery(log, i))
+    await p.submit(delivery(log, 3))  # a redelivery while held
+    bad = Delivery(SourceMessage("tmc", 99, "taobao_item_ItemAdd", "not json"), [Ack(log, 99)])
+    await p.submit(bad)
+    assert sample(p, "bridge_pipeline_in_flight_messages") == 9
+    await drain(p)
+
+    trade = {"source": "tmc", "topic": "taobao_trade_TradeCreate"}
+    assert sample(p, "bridge_source_received_messages_total", **trade) == 8
+    assert sample(p, "bridge_source_confirmed_messages_total", **trade) == 8
+    assert sample(p, "bridge_source_duplicate_messages_total", source="tmc", kind="in_flight") == 1
+    sink_topic = {"sink": "scripted", "topic": "tmc.messages"}
+    # 8 trades and the unparseable item: one record each, two of them dead letters.
+    assert sample(p, "bridge_sink_produced_messages_total", **sink_topic) == 7
+    assert sample(p, "bridge_sink_produced_messages_total", sink="scripted", topic="tmc.dlq") == 2
+    dead = "bridge_sink_dead_lettered_messages_total"
+    assert sample(p, dead, sink="scripted", source_topic="taobao_trade_TradeCreate") == 1
+    assert sample(p, dead, sink="scripted", source_topic="taobao_item_ItemAdd") == 1
+    tx = "bridge_sink_transactions_total"
+    assert sample(p, tx, sink="scripted", outcome="committed") == 3
+    assert sample(p, tx, sink="scripted", outcome="aborted") == 2
+    assert sample(p, tx, sink="scripted", outcome="retried") == 2
+    assert sample(p, "bridge_sink_errors_total", sink="scripted", error_class="_TRANSPORT") == 1
+    assert sample(p, "bridge_pipeline_batch_size_messages_count") == 3
+    assert sample(p, "bridge_pipeline_batch_size_messages_sum") == 9
+    assert sample(p, "bridge_pipeline_confirm_latency_seconds_count", source="tmc") == 9
+    assert sample(p, "bridge_pipeline_in_flight_messages") == 0
+
+
+async def test_failed_back_messages_are_counted_per_topic() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([SinkError("down")] * 50)
+    p = make(sink, give_up_after_s=0.05)
+    for i in range(3):
+        await p.submit(delivery(log, i))
+    await drain(p)
+    assert ("fail", 0) in log
+    trade = {"source": "tmc", "topic": "taobao_trade_TradeCreate"}
+    assert sample(p, "bridge_source_failed_messages_total", **trade) == 3
+    assert sample(p, "bridge_source_confirmed_messages_total", **trade) == 0
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in 5 s")
+
+
+async def test_sink_problem_follows_probes_failures_and_stalls() -> None:
+    sink = ScriptedSink([SinkError("broker gone", error_class="_TRANSPORT")])
+    p = make(sink, sink_probe_interval_s=0.01, sink_stall_s=0.2)
+    assert p.sink_problem() == "sink starting"
+    await p.start_sink()
+    assert p.sink_problem() is None
+    assert sample(p, "bridge_sink_up", sink="scripted") == 1
+    # An idle probe that fails makes the sink not ready until one succeeds.
+    sink.probes = [SinkError("metadata timed out")] * 10_000
+    writer = asyncio.create_task(p.run())
+    await until(lambda: p.sink_problem() is not None)
+    assert p.sink_problem() == "scripted sink failing: metadata timed out"
+    sink.probes = []
+    await until(lambda: p.sink_problem() is None)  # the next probe went through
+    # A failed batch: not ready while it waits for its retry.
+    sink.gate.clear()
+    log: list[tuple[str, int]] = []
+    await p.submit(delivery(log, 1))
+    await asyncio.sleep(0.3)
+    problem = p.sink_problem()
+    assert problem is not None and "stalled" in problem
+    assert sample(p, "bridge_sink_up", sink="scripted") == 0
+    sink.gate.set()
+    await asyncio.sleep(0.005)
+    sink.ready = False
+    assert p.sink_problem() == "scripted sink not connected"
+    sink.ready = True
+    p.close()
+    await asyncio.wait_for(writer, 10)
+    assert p.sink_problem() is None
+    assert log == [("confirm", 1)]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bridge import config as cfgmod
 from bridge.config import RoutingConfig
@@ -182,3 +183,18 @@ def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
     path.write_text("source: [\n")
     with pytest.raises(ConfigError, match="line 2"):
         cfgmod.load(path)
+
+
+def test_routing_maps_may_be_ordered_lists() -> None:
+    """Helm's toYaml sorts mapping keys ("*" first); the list form keeps the order."""
+    cfg = RoutingConfig.model_validate(
+        {
+            "topics": [{"taobao_trade_*": "trade"}, {"*": "other"}],
+            "keys": [{"taobao_trade_*": ["tid"]}],
+        }
+    )
+    assert list(cfg.topics.items()) == [("taobao_trade_*", "trade"), ("*", "other")]
+    assert cfg.keys == {"taobao_trade_*": ["tid"]}
+    for bad in ([{"a": "x", "b": "y"}], [{"a": "x"}, {"a": "y"}], ["a"]):
+        with pytest.raises(ValidationError):
+            RoutingConfig.model_validate({"topics": bad})

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from bridge.config import TmcSourceConfig
 from bridge.errors import FrameError, LoginError, ProtocolError
 from bridge.model import Delivery
+from bridge.observability.metrics import Metrics
 from bridge.sources.tmc.protocol import ClientSession, Ignored, LoggedIn, Push
 
 log = structlog.get_logger("bridge.source.tmc")
@@ -65,8 +66,11 @@ class _Ack:
 
 
 class _Connection:
-    def __init__(self, index: int, config: TmcSourceConfig, secret: str, submit: Submit) -> None:
+    def __init__(
+        self, index: int, config: TmcSourceConfig, secret: str, submit: Submit, metrics: Metrics
+    ) -> None:
         self.index = index
+        self._metrics = metrics
         self._config = config
         self._submit = submit
         self.session = ClientSession(config.app_key, secret, config.group, sdk=config.sdk)
@@ -79,8 +83,10 @@ class _Connection:
         self._reading = True
         self.confirms_sent = 0
         self.confirms_dropped = 0
+        self.pushes_left = 0
         self.last_error: str | None = None
         self._log = log.bind(connection=index, group=config.group)
+        metrics.connection_up("tmc", index, False)
 
     # -- called by acks (event loop, never blocks) --------------------------------
 
@@ -112,17 +118,28 @@ class _Connection:
             except ProtocolError as exc:
                 self.last_error = f"protocol error: {exc}"
                 self._log.error("TMC protocol error, resetting connection", error=str(exc))
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            except ConnectionClosed as exc:
+                if self._stop.is_set():
+                    self._log.info(
+                        "tmc connection closed",
+                        confirms_sent=self.confirms_sent,
+                        pushes_left_for_redelivery=self.pushes_left,
+                    )
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self._log.warning("tmc connection lost", error=self.last_error)
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._log.warning("tmc connection lost", error=self.last_error)
             except InvalidURI as exc:
                 self._log.error("invalid TMC url", error=str(exc))
                 raise
             finally:
-                self.online = False
+                self._set_online(False)
                 self.session.lost()
             if self._stop.is_set():
                 break
+            self._metrics.reconnect("tmc", self.index)
             if logged_in:
                 # A session that got online resets the back-off, but the first retry
                 # still waits reconnect_min_s: the platform refuses fast reconnects.
@@ -155,7 +172,7 @@ class _Connection:
                 raise ProtocolError(f"unexpected first reply {event!r}")
             self.generation += 1
             self._outbox = asyncio.Queue()
-            self.online = True
+            self._set_online(True)
             self.last_error = None
             self._log.info("tmc logged in", flag=self.generation)
             helpers = [
@@ -166,22 +183,34 @@ class _Connection:
             try:
                 await self._reader(ws)
             finally:
-                self.online = False
+                self._set_online(False)
                 for task in helpers:
                     task.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
                 self._ws = None
         return True
 
+    def _set_online(self, online: bool) -> None:
+        if online != self.online:
+            self._metrics.connection_up("tmc", self.index, online)
+        self.online = online
+
     async def _reader(self, ws: ClientConnection) -> None:
+        # Runs until the socket closes, also while draining: leaving the loop would end
+        # the session, and with it the writer that still has confirms to send for what
+        # the pipeline commits during the drain (a lost confirm is a duplicate later).
         generation = self.generation
-        while self._reading:
+        while True:
             data = await ws.recv()
             self._last_traffic = time.monotonic()
             if not isinstance(data, bytes):
                 continue  # text frames are not part of TMC (§3)
             event = self.session.receive(data, received_ns=time.monotonic_ns())
             if isinstance(event, Push):
+                if not self._reading:
+                    # Draining: not taken, not confirmed; the server redelivers it.
+                    self.pushes_left += 1
+                    continue
                 msg = event.message
                 await self._submit(Delivery(msg, [_Ack(self, generation, msg.message_id)]))
             elif isinstance(event, Ignored):
@@ -215,7 +244,7 @@ class _Connection:
             self._last_traffic = time.monotonic()
 
     async def stop_reading(self) -> None:
-        """Stop pulling and reading; confirms keep flowing until :meth:`close`."""
+        """Stop pulling and taking pushes; confirms keep flowing until :meth:`close`."""
         self._reading = False
         self._stop.set()
 
@@ -235,10 +264,13 @@ class TmcSource:
 
     name = "tmc"
 
-    def __init__(self, config: TmcSourceConfig, submit: Submit) -> None:
+    def __init__(
+        self, config: TmcSourceConfig, submit: Submit, *, metrics: Metrics | None = None
+    ) -> None:
         secret = config.secret()
+        metrics = metrics or Metrics()
         self._connections = [
-            _Connection(i, config, secret, submit) for i in range(config.connections)
+            _Connection(i, config, secret, submit, metrics) for i in range(config.connections)
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -247,8 +279,18 @@ class TmcSource:
         return sum(1 for c in self._connections if c.online)
 
     @property
+    def online(self) -> bool:
+        return any(c.online for c in self._connections)
+
+    @property
     def last_errors(self) -> list[str]:
         return [c.last_error for c in self._connections if c.last_error]
+
+    def problem(self) -> str | None:
+        if self.online:
+            return None
+        errors = self.last_errors
+        return "tmc not logged in" + (f" (last error: {errors[0]})" if errors else "")
 
     def start(self) -> None:
         self._tasks = [

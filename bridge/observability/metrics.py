@@ -1,0 +1,278 @@
+"""Every Prometheus metric of the bridge, defined in this one module.
+
+Names follow ``bridge_<component>_<thing>_<unit>`` (counters get ``_total`` from the
+client library). Labels are low-cardinality by construction: the source and sink kind,
+TMC topic names (a few dozen exist), configured sink topics, connection indexes, error
+class names and fixed outcome words. Nothing per order, per user or per message.
+
+Each :class:`Metrics` owns its registry, so several bridges in one process (the tests)
+never share counters and nothing is registered in the global default registry.
+
+Hot-path calls (per message) go through small caches of labelled children: resolving a
+child is a dict lookup instead of prometheus-client's label validation and locking.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from bridge import __version__
+
+_M = TypeVar("_M", Counter, Histogram)
+
+#: push -> confirm: a commit is tens of milliseconds; a broker outage is minutes.
+CONFIRM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+#: publish -> receive: TMC keeps undelivered messages for a day; redeliveries come ~6 min.
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 86400)
+#: One transaction's time in the sink.
+COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+#: Transaction outcomes (``bridge_sink_transactions_total{outcome}``).
+COMMITTED, ABORTED, RETRIED = "committed", "aborted", "retried"
+
+
+class _Cache(Generic[_M]):
+    """Labelled children of one metric, resolved once per label set."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def get(self, *labels: str) -> _M:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
+
+
+class Metrics:
+    """The bridge's metrics; components call the methods, never prometheus directly."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        if registry is None:
+            # The standard process_*/python_* families, in our own registry.
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+        Gauge(
+            "bridge_app_build_info", "Bridge version (always 1).", ["version"], registry=r
+        ).labels(__version__).set(1)
+        self.app_ready = Gauge(
+            "bridge_app_ready",
+            "1 when /readyz answers ready (source online, sink ready).",
+            [],
+            registry=r,
+        )
+        self.app_draining = Gauge(
+            "bridge_app_draining", "1 while shutting down (no new messages taken).", registry=r
+        )
+
+        # -- source ------------------------------------------------------------------
+        self._received = _Cache(
+            Counter(
+                "bridge_source_received_messages",
+                "Messages taken into the pipeline (redeliveries of held or committed "
+                "messages are not counted here).",
+                ["source", "topic"],
+                registry=r,
+            )
+        )
+        self._confirmed = _Cache(
+            Counter(
+                "bridge_source_confirmed_messages",
+                "Messages confirmed to the source after the sink committed them.",
+                ["source", "topic"],
+                registry=r,
+            )
+        )
+        self._failed = _Cache(
+            Counter(
+                "bridge_source_failed_messages",
+                "Messages handed back to the source as failed (it redelivers them).",
+                ["source", "topic"],
+                registry=r,
+            )
+        )
+        self._duplicates = _Cache(
+            Counter(
+                "bridge_source_duplicate_messages",
+                "Redeliveries absorbed: folded into a held message (in_flight) or "
+                "confirmed at once because already committed (committed).",
+                ["source", "kind"],
+                registry=r,
+            )
+        )
+        self._lag = _Cache(
+            Histogram(
+                "bridge_source_publish_lag_seconds",
+                "Source publish time to receipt by the bridge (includes redeliveries).",
+                ["source"],
+                buckets=LAG_BUCKETS,
+                registry=r,
+            )
+        )
+        self._connection_up = Gauge(
+            "bridge_source_connection_up",
+            "1 while the connection is logged in (TMC) or the consumer is started (ONS).",
+            ["source", "connection"],
+            registry=r,
+        )
+        self._reconnects = Counter(
+            "bridge_source_reconnects",
+            "Reconnect attempts after a connection was lost or refused.",
+            ["source", "connection"],
+            registry=r,
+        )
+
+        # -- pipeline ----------------------------------------------------------------
+        self.in_flight = Gauge(
+            "bridge_pipeline_in_flight_messages",
+            "Messages received and not yet confirmed or handed back.",
+            registry=r,
+        )
+        self._batch_size = Histogram(
+            "bridge_pipeline_batch_size_messages",
+            "Messages per committed batch (one transaction for Kafka).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self._confirm_latency = _Cache(
+            Histogram(
+                "bridge_pipeline_confirm_latency_seconds",
+                "Receipt by the bridge to confirm (after the sink committed).",
+                ["source"],
+                buckets=CONFIRM_BUCKETS,
+                registry=r,
+            )
+        )
+
+        # -- sink --------------------------------------------------------------------
+        self._produced = _Cache(
+            Counter(
+                "bridge_sink_produced_messages",
+                "Records committed to the sink, per sink topic (dead letters included).",
+                ["sink", "topic"],
+                registry=r,
+            )
+        )
+        self._dead_lettered = _Cache(
+            Counter(
+                "bridge_sink_dead_lettered_messages",
+                "Messages written to the dead-letter topic instead of their route.",
+                ["sink", "source_topic"],
+                registry=r,
+            )
+        )
+        self._transactions = _Cache(
+            Counter(
+                "bridge_sink_transactions",
+                "Batch attempts by outcome: committed; aborted (not committed: an error "
+                "or refused records); retried (the batch is sent again).",
+                ["sink", "outcome"],
+                registry=r,
+            )
+        )
+        self._errors = _Cache(
+            Counter(
+                "bridge_sink_errors",
+                "Errors reported by the sink client, by class (e.g. librdkafka error name).",
+                ["sink", "error_class"],
+                registry=r,
+            )
+        )
+        self._commit_seconds = _Cache(
+            Histogram(
+                "bridge_sink_commit_duration_seconds",
+                "Time one batch spent in the sink until committed.",
+                ["sink"],
+                buckets=COMMIT_BUCKETS,
+                registry=r,
+            )
+        )
+        self._sink_up = Gauge(
+            "bridge_sink_up",
+            "1 while the sink client is started and its broker answers.",
+            ["sink"],
+            registry=r,
+        )
+
+    # -- source --------------------------------------------------------------------
+
+    def received(self, source: str, topic: str, publish_time_ms: int | None) -> None:
+        self._received.get(source, topic).inc()
+        if publish_time_ms:
+            lag = time.time() - publish_time_ms / 1000.0
+            # Clock skew between the platform and us must not produce negative samples.
+            self._lag.get(source).observe(max(lag, 0.0))
+
+    def duplicate(self, source: str, kind: str) -> None:
+        self._duplicates.get(source, kind).inc()
+
+    def confirmed(self, source: str, topic: str, latency_s: float) -> None:
+        self._confirmed.get(source, topic).inc()
+        self._confirm_latency.get(source).observe(latency_s)
+
+    def failed(self, source: str, topic: str, count: int = 1) -> None:
+        self._failed.get(source, topic).inc(count)
+
+    def connection_up(self, source: str, connection: int, up: bool) -> None:
+        self._connection_up.labels(source, str(connection)).set(1 if up else 0)
+
+    def reconnect(self, source: str, connection: int) -> None:
+        self._reconnects.labels(source, str(connection)).inc()
+
+    # -- pipeline and sink -----------------------------------------------------------
+
+    def committed(
+        self,
+        sink: str,
+        topics: Iterable[tuple[str, int]],
+        dead: Iterable[tuple[str, int]],
+        size: int,
+        took_s: float,
+    ) -> None:
+        """One committed batch: records per sink topic, dead letters per source topic."""
+        for topic, n in topics:
+            self._produced.get(sink, topic).inc(n)
+        for source_topic, n in dead:
+            self._dead_lettered.get(sink, source_topic).inc(n)
+        self._transactions.get(sink, COMMITTED).inc()
+        self._batch_size.observe(size)
+        self._commit_seconds.get(sink).observe(took_s)
+
+    def transaction(self, sink: str, outcome: str) -> None:
+        self._transactions.get(sink, outcome).inc()
+
+    def sink_error(self, sink: str, error_class: str) -> None:
+        self._errors.get(sink, error_class).inc()
+
+    def sink_up(self, sink: str, probe: Callable[[], bool]) -> None:
+        """Read at scrape time, so the value is never stale."""
+        self._sink_up.labels(sink).set_function(lambda: 1.0 if probe() else 0.0)
+
+
+def metric_names(metrics: Metrics) -> set[str]:
+    """Every sample name the bridge's own families can expose (for dashboards/tests)."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        if not family.name.startswith("bridge_"):
+            continue
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_count", "_sum"),
+        }.get(family.type, ("",))
+        names.update(family.name + s for s in suffixes)
+    return names
