@@ -74,6 +74,27 @@ def topics_of(cfg: BridgeConfig) -> list[str]:
     return [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
 
 
+def metrics_line(port: int) -> str:
+    """What the bridge's own /metrics says, to set beside the simulator's count."""
+    try:
+        samples = harness.scrape(port)
+    except (OSError, RuntimeError) as exc:
+        return f"demo: /metrics not readable: {exc}"
+
+    def total(name: str, **labels: str) -> int:
+        return int(harness.metric_sum(samples, name, **labels))
+
+    batches = total("bridge_sink_transactions_total", outcome="committed")
+    return (
+        f"demo: bridge /metrics: received={total('bridge_source_received_messages_total')} "
+        f"confirmed={total('bridge_source_confirmed_messages_total')} "
+        f"produced={total('bridge_sink_produced_messages_total')} "
+        f"dead_lettered={total('bridge_sink_dead_lettered_messages_total')} "
+        f"transactions={batches} "
+        f"mean_batch={total('bridge_pipeline_batch_size_messages_sum') / max(batches, 1):.0f}"
+    )
+
+
 def main(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | None = None) -> int:
     config = config or CONFIGS[sink]
     if not config.exists():
@@ -100,6 +121,7 @@ def main(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | No
             bridge = harness.start_bridge(workdir, config, sim_port=sim_port, extra_env=broker_env)
             stats = harness.wait_confirmed(sim_port, messages, timeout_s=300, watch=bridge)
             took = time.monotonic() - started
+            print(metrics_line(bridge.http_port))
             code = bridge.stop(timeout_s=60)
             bridge = None
             print(
