@@ -14,6 +14,7 @@ configuration values or secrets.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -32,6 +33,11 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     # Restarting the process must not wait for TIME_WAIT on the port.
     allow_reuse_address = True
+
+
+class _Server6(_Server):
+    # "::" listens on IPv6 and, where the kernel allows (the Linux default), IPv4 too.
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -58,7 +64,11 @@ class HealthServer:
         self._loop = loop
         self._live_timeout_s = live_timeout_s
         self._server = make_server(
-            host, port, self._app, server_class=_Server, handler_class=_QuietHandler
+            host,
+            port,
+            self._app,
+            server_class=_Server6 if ":" in host else _Server,
+            handler_class=_QuietHandler,
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 

@@ -55,8 +55,10 @@ class BatchSink(Protocol):
 
     def start(self) -> None: ...
 
-    def probe(self) -> None:
-        """A cheap round trip to the broker while idle; raises SinkError when it fails."""
+    def probe(self) -> bool:
+        """A cheap round trip to the broker while idle: True when it went through, False
+        when the client offers none (readiness then follows real writes only); raises
+        SinkError when the broker did not answer."""
 
     def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]: ...
 
@@ -223,12 +225,14 @@ class Pipeline:
 
     async def _probe(self) -> None:
         try:
-            await self._in_sink(self._sink.probe)
+            checked = await self._in_sink(self._sink.probe)
         except SinkError as exc:
             if self._sink_error is None:
                 log.warning("sink probe failed", error=str(exc), error_class=exc.error_class)
             self._sink_error = str(exc)
             return
+        if not checked:
+            return  # no real check: only a committed batch clears a failure
         if self._sink_error is not None:
             log.info("sink probe succeeded again")
         self._sink_error = None

@@ -119,7 +119,7 @@ class KafkaSink:
                 pass
         self.start()
 
-    def probe(self) -> None:
+    def probe(self) -> bool:
         """Idle health check: serve pending callbacks, then one metadata round trip."""
         producer = self._require()
         producer.poll(0)
@@ -133,6 +133,7 @@ class KafkaSink:
                 error_class=err.name(),
             ) from None
         self.ready = True
+        return True
 
     def stop(self) -> None:
         """Thread-safe: make pending retry loops give up with SinkStopped."""

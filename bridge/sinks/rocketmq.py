@@ -180,9 +180,10 @@ class RocketMQSink:
         )
         return committed
 
-    def probe(self) -> None:
+    def probe(self) -> bool:
         """No cheap broker round trip exists in rocketmq-client-python; readiness comes
         from the outcome of real sends (the pipeline tracks it)."""
+        return False
 
     def rebuild(self) -> None:
         old, self._producer = self._producer, None

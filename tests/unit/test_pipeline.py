@@ -47,10 +47,11 @@ class ScriptedSink:
     def start(self) -> None:
         pass
 
-    def probe(self) -> None:
+    def probe(self) -> bool:
         outcome = self.probes.pop(0) if self.probes else None
         if isinstance(outcome, BaseException):
             raise outcome
+        return outcome is None
 
     def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
         self.gate.wait(10)
@@ -337,3 +338,21 @@ async def test_sink_problem_follows_probes_failures_and_stalls() -> None:
     await asyncio.wait_for(writer, 10)
     assert p.sink_problem() is None
     assert log == [("confirm", 1)]
+
+
+async def test_a_sink_without_a_real_probe_stays_failing_until_a_commit() -> None:
+    sink = ScriptedSink([SinkError("down")] * 3)
+    sink.probes = [False] * 10_000  # e.g. RocketMQ: nothing to ask the broker
+    p = make(sink, give_up_after_s=0.01, sink_probe_interval_s=0.01)
+    await p.start_sink()
+    writer = asyncio.create_task(p.run())
+    log: list[tuple[str, int]] = []
+    await p.submit(delivery(log, 1))
+    await until(lambda: ("fail", 1) in log)
+    await asyncio.sleep(0.1)  # several idle "probes" later
+    assert p.sink_problem() == "scripted sink failing: down"
+    await p.submit(delivery(log, 2))
+    await until(lambda: ("confirm", 2) in log)
+    assert p.sink_problem() is None
+    p.close()
+    await asyncio.wait_for(writer, 10)

@@ -3,16 +3,18 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Full name: release-chart, or the release name when it already holds the chart's. */}}
+{{/* Full name: release-chart, or the release name when it already holds the chart's.
+52 characters, not 63: the StatefulSet's pods get a controller-revision-hash label made
+of this name plus 11 characters. */}}
 {{- define "tmc-bridge.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -67,6 +69,9 @@ filled in by the bridge from the pod's environment), the journal folder and the 
 {{- $_ := set $src "app_secret_file" (printf "%s/tmc-app-secret" $secrets) -}}
 {{- else if eq $sourceType "ons" -}}
 {{- if $src.access_key -}}
+{{- if and (not $v.secret.existingSecret) (not $v.secret.onsSecretKey) -}}
+{{- fail "config.source.ons.access_key is set: set secret.onsSecretKey, or secret.existingSecret with an ons-secret-key key" -}}
+{{- end -}}
 {{- $_ := set $src "secret_key_file" (printf "%s/ons-secret-key" $secrets) -}}
 {{- end -}}
 {{- else -}}
@@ -80,6 +85,9 @@ filled in by the bridge from the pod's environment), the journal folder and the 
 {{- if not $snk.bootstrap_servers }}{{ fail "config.sink.kafka.bootstrap_servers is required" }}{{ end -}}
 {{- $_ := set $snk "transactional_id" $id -}}
 {{- if $v.kafkaSasl.enabled -}}
+{{- if and (not $v.secret.existingSecret) (not $v.secret.kafkaSaslPassword) -}}
+{{- fail "kafkaSasl.enabled: set secret.kafkaSaslPassword, or secret.existingSecret with a kafka-sasl-password key" -}}
+{{- end -}}
 {{- $extra := default dict $snk.extra -}}
 {{- $_ := set $extra "sasl.password" "${KAFKA_SASL_PASSWORD}" -}}
 {{- $_ := set $snk "extra" $extra -}}
@@ -88,6 +96,9 @@ filled in by the bridge from the pod's environment), the journal folder and the 
 {{- $_ := set $snk "producer_group" $id -}}
 {{- $_ := set $snk "journal_dir" "/var/lib/tmc-bridge/journal" -}}
 {{- if $snk.access_key -}}
+{{- if and (not $v.secret.existingSecret) (not $v.secret.rocketmqSecretKey) -}}
+{{- fail "config.sink.rocketmq.access_key is set: set secret.rocketmqSecretKey, or secret.existingSecret with a rocketmq-secret-key key" -}}
+{{- end -}}
 {{- $_ := set $snk "secret_key_file" (printf "%s/rocketmq-secret-key" $secrets) -}}
 {{- end -}}
 {{- else -}}
@@ -95,7 +106,7 @@ filled in by the bridge from the pod's environment), the journal folder and the 
 {{- end -}}
 {{- $_ := set $cfg "source" (dict "type" $sourceType $sourceType $src) -}}
 {{- $_ := set $cfg "sink" (dict "type" $sinkType $sinkType $snk) -}}
-{{- $_ := set $cfg "http" (dict "host" "0.0.0.0" "port" (int $v.service.port)) -}}
+{{- $_ := set $cfg "http" (dict "host" $v.service.listenHost "port" (int $v.service.port)) -}}
 {{- $drain := 20.0 -}}
 {{- if and $cfg.pipeline $cfg.pipeline.drain_timeout_s }}{{ $drain = $cfg.pipeline.drain_timeout_s }}{{ end -}}
 {{- if le (float64 $v.terminationGracePeriodSeconds) (float64 $drain) -}}
