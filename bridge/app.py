@@ -32,13 +32,9 @@ log = structlog.get_logger("bridge.app")
 class Source(Protocol):
     """What the bridge needs of a source (TMC WebSocket, ONS push consumer)."""
 
-    @property
-    def online(self) -> bool:
-        """Logged in (TMC: at least one connection) or consumer started (ONS)."""
-        ...
-
     def problem(self) -> str | None:
-        """Why the source is not online, for /readyz (None when it is)."""
+        """Why the source is not logged in (TMC: no connection is) or not started (ONS),
+        for /readyz; None when it is."""
         ...
 
     def start(self) -> None: ...

@@ -221,8 +221,7 @@ class Metrics:
     def duplicate(self, source: str, kind: str) -> None:
         self._duplicates.get(source, kind).inc()
 
-    def confirmed(self, source: str, topic: str, latency_s: float) -> None:
-        self._confirmed.get(source, topic).inc()
+    def confirm_latency(self, source: str, latency_s: float) -> None:
         self._confirm_latency.get(source).observe(latency_s)
 
     def failed(self, source: str, topic: str, count: int = 1) -> None:
@@ -239,12 +238,17 @@ class Metrics:
     def committed(
         self,
         sink: str,
+        *,
+        confirmed: Iterable[tuple[tuple[str, str], int]],
         topics: Iterable[tuple[str, int]],
         dead: Iterable[tuple[str, int]],
         size: int,
         took_s: float,
     ) -> None:
-        """One committed batch: records per sink topic, dead letters per source topic."""
+        """One committed batch: confirms per (source, source topic), records per sink
+        topic, dead letters per source topic. Counted once per batch, not per message."""
+        for (source, source_topic), n in confirmed:
+            self._confirmed.get(source, source_topic).inc(n)
         for topic, n in topics:
             self._produced.get(sink, topic).inc(n)
         for source_topic, n in dead:

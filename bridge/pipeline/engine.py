@@ -320,6 +320,7 @@ class Pipeline:
     def _settle(self, batch: list[_Entry], records: list[OutRecord], took_s: float) -> None:
         cache, limit = self._committed, self._config.dedupe_cache_size
         metrics, now = self.metrics, self._clock()
+        confirmed: Counter[tuple[str, str]] = Counter()
         per_topic: Counter[str] = Counter()
         dead_per_topic: Counter[str] = Counter()
         for entry, record in zip(batch, records, strict=True):
@@ -328,13 +329,19 @@ class Pipeline:
             del self._pending[entry.key]
             cache[entry.key] = None
             msg = entry.delivery.message
-            metrics.confirmed(msg.source, msg.topic, now - entry.arrived)
+            metrics.confirm_latency(msg.source, now - entry.arrived)
+            confirmed[(msg.source, msg.topic)] += 1
             per_topic[record.topic] += 1
             if record.dead_letter_reason is not None:
                 dead_per_topic[msg.topic] += 1
         dead = dead_per_topic.total()
         metrics.committed(
-            self._sink.name, per_topic.items(), dead_per_topic.items(), len(batch), took_s
+            self._sink.name,
+            confirmed=confirmed.items(),
+            topics=per_topic.items(),
+            dead=dead_per_topic.items(),
+            size=len(batch),
+            took_s=took_s,
         )
         while len(cache) > limit:
             cache.popitem(last=False)

@@ -164,10 +164,6 @@ class OnsSource:
     def logged_in(self) -> bool:
         return self._started and self._reading
 
-    @property
-    def online(self) -> bool:
-        return self.logged_in
-
     def problem(self) -> str | None:
         if self.logged_in:
             return None

@@ -7,8 +7,6 @@ import json
 import logging
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import structlog
 from bridge.observability import logging as obs_logging
 from bridge.observability.http import HealthServer
 from bridge.observability.metrics import Metrics, metric_names
+from bridge.tools.harness import http_get as get
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +26,6 @@ def _restore_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     logging.getLogger().handlers[:] = handlers
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 async def test_endpoints_answer_from_their_own_thread() -> None:

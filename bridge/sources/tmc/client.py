@@ -279,15 +279,11 @@ class TmcSource:
         return sum(1 for c in self._connections if c.online)
 
     @property
-    def online(self) -> bool:
-        return any(c.online for c in self._connections)
-
-    @property
     def last_errors(self) -> list[str]:
         return [c.last_error for c in self._connections if c.last_error]
 
     def problem(self) -> str | None:
-        if self.online:
+        if self.logged_in:
             return None
         errors = self.last_errors
         return "tmc not logged in" + (f" (last error: {errors[0]})" if errors else "")
