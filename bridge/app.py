@@ -37,6 +37,10 @@ class Source(Protocol):
         for /readyz; None when it is."""
         ...
 
+    def notes(self) -> list[str]:
+        """Things /readyz mentions while ready (e.g. the last input it had to skip)."""
+        ...
+
     def start(self) -> None: ...
 
     async def stop_reading(self) -> None: ...
@@ -128,6 +132,7 @@ class Bridge:
                 self.metrics.registry,
                 self.problems,
                 loop=asyncio.get_running_loop(),
+                notes=self.source.notes,
             )
         except OSError as exc:
             raise BridgeError(

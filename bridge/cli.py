@@ -4,6 +4,9 @@ Exit codes: 0 ok (``run``: stopped after a complete drain), 1 runtime failure (e
 the demo found a loss, or ``run`` stopped before its drain finished), 2 usage or
 configuration error. Errors are one readable line (or one per bad key), never a
 traceback and never a secret.
+
+``run`` makes every check ``check-config`` makes (:func:`_load_checked`) before it
+starts anything, so a config that ``check-config`` refuses never half-starts a bridge.
 """
 
 from __future__ import annotations
@@ -14,22 +17,48 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
 from bridge import __version__
 from bridge.errors import BridgeError, ConfigError
 
+if TYPE_CHECKING:
+    from bridge.config import BridgeConfig
+
+
+def _load_checked(path: str) -> BridgeConfig:
+    """Load the config and check all of it: the file, the log variables, secret files
+    and (Kafka) the librdkafka configuration. Raises ConfigError; touches no network."""
+    from bridge import config as config_mod
+    from bridge.observability import logging as obs_logging
+
+    cfg = config_mod.load(Path(path))
+    obs_logging.settings(cfg.log.level, cfg.log.format)
+    config_mod.check_runtime(cfg)
+    return cfg
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL for printing: a ``user:password@`` part is replaced by ``***@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bridge import config as config_mod
     from bridge.app import Bridge
     from bridge.observability import logging as obs_logging
 
-    cfg = config_mod.load(Path(args.config))
+    cfg = _load_checked(args.config)
     obs_logging.configure(cfg.log.level, cfg.log.format)
 
     async def main() -> bool:
+        # A ConfigError raised while building (a secret file gone since the check)
+        # leaves asyncio.run like any other and main() reports it: exit 2, no traceback.
         bridge = Bridge(cfg)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,25 +71,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from bridge import config as config_mod
-
-    cfg = config_mod.load(Path(args.config))
-    # Secret files must be readable too, and a RocketMQ side needs its native library.
+    cfg = _load_checked(args.config)
+    # A RocketMQ side also needs its native library (exit 1 when it is missing).
     if cfg.source.tmc is not None:
         tmc = cfg.source.tmc
-        tmc.secret()
-        source = f"tmc {tmc.url} app_key={tmc.app_key} group={tmc.group}"
+        source = f"tmc {_without_userinfo(tmc.url)} app_key={tmc.app_key} group={tmc.group}"
     else:
         ons = cfg.source.ons_config
-        ons.credentials("source.ons.secret_key_file")
-        source = f"ons {ons.name_server or ons.name_server_domain} group={ons.group_id}"
+        address = ons.name_server or _without_userinfo(ons.name_server_domain or "")
+        source = f"ons {address} group={ons.group_id}"
     if cfg.sink.kafka is not None:
         kafka = cfg.sink.kafka
         sink = f"kafka {kafka.bootstrap_servers} transactional_id={kafka.transactional_id}"
     else:
         rmq = cfg.sink.rocketmq_config
-        rmq.credentials("sink.rocketmq.secret_key_file")
-        sink = f"rocketmq {rmq.name_server or rmq.name_server_domain} mode={rmq.mode}"
+        address = rmq.name_server or _without_userinfo(rmq.name_server_domain or "")
+        sink = f"rocketmq {address} mode={rmq.mode}"
     if cfg.sink.type == "rocketmq" or cfg.source.type == "ons":
         from bridge import rocketmq_sdk
 
@@ -142,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--window", type=int, default=1000)
     sim.add_argument("--distribution", choices=["round_robin", "random"], default="round_robin")
     sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--log-level", default="info")
+    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sim.set_defaults(func=_cmd_simulate)
 
     demo = sub.add_parser("demo", help="local broker + simulator + bridge, then a summary")

@@ -18,14 +18,15 @@ from typing import Protocol
 class SourceMessage:
     """One business event as received, independent of the source protocol.
 
-    Ids are exact Python ints (TMC ids exceed 2^53). ``content`` is the JSON text exactly
-    as received (gzip ByteArray content is already inflated).
+    Ids are exact Python ints (TMC ids exceed 2^53). ``content`` is the JSON text as the
+    bytes received, never decoded and re-encoded (gzip ByteArray content is already
+    inflated), so what reaches the sink is byte for byte what the source sent.
     """
 
     source: str
     message_id: int
     topic: str
-    content: str
+    content: bytes
     publish_time_ms: int | None = None
     publisher: str | None = None
     user_id: int | None = None

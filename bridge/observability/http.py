@@ -57,10 +57,12 @@ class HealthServer:
         problems: Callable[[], list[str]],
         *,
         loop: asyncio.AbstractEventLoop,
+        notes: Callable[[], list[str]] | None = None,
         live_timeout_s: float = 5.0,
     ) -> None:
         self._metrics_app = make_wsgi_app(registry)
         self._problems = problems
+        self._notes = notes
         self._loop = loop
         self._live_timeout_s = live_timeout_s
         self._server = make_server(
@@ -98,7 +100,10 @@ class HealthServer:
             problems = self._problems()
             if problems:
                 return _text(start_response, 503, "not ready: " + "; ".join(problems))
-            return _text(start_response, 200, "ready")
+            # Ready, but worth knowing (e.g. a frame the source skipped): said, not failed,
+            # because restarting or unrouting the pod would not help.
+            notes = self._notes() if self._notes is not None else []
+            return _text(start_response, 200, "; ".join(["ready", *notes]))
         return _text(start_response, 404, "not found: try /metrics, /livez or /readyz")
 
     def _live(self) -> tuple[int, str]:

@@ -13,25 +13,53 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Literal
 
 import structlog
 
+from bridge.errors import ConfigError
+
 Format = Literal["auto", "json", "console"]
 LEVEL_ENV = "TMC_BRIDGE_LOG_LEVEL"
 FORMAT_ENV = "TMC_BRIDGE_LOG_FORMAT"
+#: The values ``log.level`` / ``log.format`` accept; the variables accept the same.
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("auto", "json", "console")
+
+
+def settings(
+    level: str = "info", fmt: str = "auto", env: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """The level and format to use: ``TMC_BRIDGE_LOG_LEVEL`` / ``_FORMAT`` win.
+
+    Raises ConfigError naming the variable when one holds anything else than the
+    config accepts (it used to fall back to INFO silently, hiding the typo). An empty
+    variable counts as unset, as ``${VAR}`` does in the config. ``check-config`` and
+    ``run`` call this before anything starts.
+    """
+    env = os.environ if env is None else env
+    chosen = []
+    for name, given, allowed in ((LEVEL_ENV, level, LEVELS), (FORMAT_ENV, fmt, FORMATS)):
+        override = env.get(name, "").strip().lower()
+        value = override or given.strip().lower()
+        if value not in allowed:
+            where = name if override else f"log {'level' if name == LEVEL_ENV else 'format'}"
+            raise ConfigError(f"{where}: must be one of {', '.join(allowed)}")
+        chosen.append(value)
+    return chosen[0], chosen[1]
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib loggers of the libraries we use.
 
     ``TMC_BRIDGE_LOG_LEVEL`` and ``TMC_BRIDGE_LOG_FORMAT`` in the environment override
-    the configured level and format (e.g. ``debug`` for one pod without a new ConfigMap).
+    the configured level and format (e.g. ``debug`` for one pod without a new ConfigMap);
+    see :func:`settings`.
     """
-    level = os.environ.get(LEVEL_ENV, level).lower()
-    fmt = os.environ.get(FORMAT_ENV, fmt).lower()
-    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    console = fmt == "console" or (fmt not in ("json", "console") and sys.stdout.isatty())
+    level, fmt = settings(level, fmt)
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=True)
         if console
@@ -83,4 +111,4 @@ class _NamedPrintLogger(structlog.PrintLogger):
         return cls(str(args[0]) if args else "bridge")
 
 
-__all__ = ["FORMAT_ENV", "LEVEL_ENV", "Format", "configure"]
+__all__ = ["FORMATS", "FORMAT_ENV", "LEVELS", "LEVEL_ENV", "Format", "configure", "settings"]

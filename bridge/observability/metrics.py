@@ -55,11 +55,35 @@ class _Cache(Generic[_M]):
         return child
 
 
+#: Distinct source topic names given their own label value; the platform has a few dozen,
+#: so only a source inventing names (a bug or a hostile server) ever reaches this.
+MAX_TOPIC_LABELS = 500
+OTHER_TOPIC = "(other)"
+
+
+class _TopicLabels:
+    """Source topic -> label value, bounded: past MAX_TOPIC_LABELS names, "(other)"."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+
+    def __call__(self, topic: str) -> str:
+        if topic in self._known:
+            return topic
+        if len(self._known) >= MAX_TOPIC_LABELS:
+            return OTHER_TOPIC
+        self._known.add(topic)
+        return topic
+
+
 class Metrics:
     """The bridge's metrics; components call the methods, never prometheus directly."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._topic = _TopicLabels()
         r = self.registry
         if registry is None:
             # The standard process_*/python_* families, in our own registry.
@@ -121,6 +145,17 @@ class Metrics:
                 "Source publish time to receipt by the bridge (includes redeliveries).",
                 ["source"],
                 buckets=LAG_BUCKETS,
+                registry=r,
+            )
+        )
+        self._skipped = _Cache(
+            Counter(
+                "bridge_source_skipped_frames",
+                "Frames from the source that were neither delivered nor dead-lettered, by "
+                "reason: malformed (not a valid frame), unconfirmable (a push without a "
+                "valid id), oversized (over the frame limit, no id readable), "
+                "internal_error (a bug; see the log). The source redelivers what it pushed.",
+                ["source", "reason"],
                 registry=r,
             )
         )
@@ -212,8 +247,10 @@ class Metrics:
     # -- source --------------------------------------------------------------------
 
     def received(self, source: str, topic: str, publish_time_ms: int | None) -> None:
-        self._received.get(source, topic).inc()
-        if publish_time_ms:
+        self._received.get(source, self._topic(topic)).inc()
+        # Sources validate the time (a date, ms since 1970); the bound keeps a bad one from
+        # raising OverflowError here all the same.
+        if publish_time_ms and 0 < publish_time_ms < 1 << 53:
             lag = time.time() - publish_time_ms / 1000.0
             # Clock skew between the platform and us must not produce negative samples.
             self._lag.get(source).observe(max(lag, 0.0))
@@ -225,7 +262,10 @@ class Metrics:
         self._confirm_latency.get(source).observe(latency_s)
 
     def failed(self, source: str, topic: str, count: int = 1) -> None:
-        self._failed.get(source, topic).inc(count)
+        self._failed.get(source, self._topic(topic)).inc(count)
+
+    def skipped(self, source: str, reason: str) -> None:
+        self._skipped.get(source, reason).inc()
 
     def connection_up(self, source: str, connection: int, up: bool) -> None:
         self._connection_up.labels(source, str(connection)).set(1 if up else 0)
@@ -248,11 +288,11 @@ class Metrics:
         """One committed batch: confirms per (source, source topic), records per sink
         topic, dead letters per source topic. Counted once per batch, not per message."""
         for (source, source_topic), n in confirmed:
-            self._confirmed.get(source, source_topic).inc(n)
+            self._confirmed.get(source, self._topic(source_topic)).inc(n)
         for topic, n in topics:
             self._produced.get(sink, topic).inc(n)
         for source_topic, n in dead:
-            self._dead_lettered.get(sink, source_topic).inc(n)
+            self._dead_lettered.get(sink, self._topic(source_topic)).inc(n)
         self._transactions.get(sink, COMMITTED).inc()
         self._batch_size.observe(size)
         self._commit_seconds.get(sink).observe(took_s)

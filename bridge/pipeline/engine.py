@@ -38,7 +38,7 @@ import structlog
 
 from bridge.config import PipelineConfig
 from bridge.errors import SinkError, SinkStopped
-from bridge.model import Delivery, OutRecord
+from bridge.model import Delivery, OutRecord, SourceMessage
 from bridge.observability import metrics as m
 from bridge.pipeline.routing import Router
 
@@ -52,6 +52,10 @@ class BatchSink(Protocol):
     name: str
     #: Started and not known to be cut off from its broker (read from any thread).
     ready: bool
+    #: The client's latest error, e.g. ``_TRANSPORT: ... Connection refused``, or None
+    #: (none since the last success, or the client reports none). One line, no secrets;
+    #: read from any thread, to say why the sink is not ready.
+    last_error: str | None
 
     def start(self) -> None: ...
 
@@ -168,11 +172,23 @@ class Pipeline:
             # Draining: not accepted, not confirmed; the source will redeliver it.
             return
         self.stats.received += 1
-        self.metrics.received(msg.source, msg.topic, msg.publish_time_ms)
-        entry = _Entry(key, delivery, self._router.route(msg), self._clock())
+        entry = _Entry(key, delivery, self._route(msg), self._clock())
         self._pending[key] = entry
         self._queue.append(entry)
         self._has_work.set()
+
+    def _route(self, msg: SourceMessage) -> OutRecord:
+        """Route one message under a guard: routing and metrics are pure and written not
+        to raise for any input, but should one still raise (a bug meeting an input nobody
+        thought of), that message is dead-lettered with the reason and the bridge goes on,
+        instead of the exception ending the source's connection task."""
+        try:
+            self.metrics.received(msg.source, msg.topic, msg.publish_time_ms)
+            return self._router.route(msg)
+        except Exception as exc:
+            log.exception("routing failed; dead-lettering the message", message_id=msg.message_id)
+            reason = f"bridge could not route this message: {type(exc).__name__}: {exc}"
+            return self._router.last_resort(msg, reason[:300])
 
     # -- the writer loop ---------------------------------------------------------
 
@@ -182,10 +198,12 @@ class Pipeline:
 
     def sink_problem(self) -> str | None:
         """None when the sink is ready, else why not (one short line, no secrets)."""
+        last = self._sink.last_error
+        cause = f": last error {last}" if last else ""
         if not self._sink_started:
-            return "sink starting"
+            return f"{self._sink.name} sink starting{cause}" if last else "sink starting"
         if not self._sink.ready:
-            return f"{self._sink.name} sink not connected"
+            return f"{self._sink.name} sink not connected{cause}"
         if self._sink_error is not None:
             return f"{self._sink.name} sink failing: {self._sink_error}"
         since = self._writing_since

@@ -6,8 +6,11 @@
   a float of an integer literal, shared/tmc-protocol.md §13.3). A topic that matches no
   key pattern is sent unkeyed; a topic that matches one but lacks every field follows
   ``routing.missing_key``.
-* Permanent problems (content not JSON, a missing key under ``dead_letter``, no route)
-  produce a record for the dead-letter topic carrying the reason in a header.
+* Permanent problems (content not JSON or not UTF-8 where the key must be read from it,
+  nested deeper than ``routing.max_json_depth``, a missing key under ``dead_letter``, no
+  route, or whatever the source marked malformed) produce a record for the dead-letter
+  topic carrying the reason in a header. Content that needs no parsing is forwarded as
+  the bytes received.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class Router:
     def _rules(self, topic: str) -> tuple[str | None, list[str] | None]:
         rules = self._cache.get(topic)
         if rules is None:
+            if len(self._cache) >= _RULE_CACHE_MAX:
+                # A source sending ever new topic names must not grow this without end.
+                self._cache.clear()
             ti = self._match_topic(topic)
             ki = self._match_key(topic)
             rules = (
@@ -67,33 +73,54 @@ class Router:
         return rules
 
     def route(self, msg: SourceMessage) -> OutRecord:
+        """The record for ``msg``; a dead letter with the reason when it cannot be routed.
+
+        The content is parsed only where the key must be read from it; otherwise it is
+        forwarded as received, whatever it holds. Never raises for any content.
+        """
         headers = _headers(msg)
         target, key_fields = self._rules(msg.topic)
-        raw = msg.content.encode("utf-8")
+        raw = msg.content
         if msg.malformed:
             return self._dead(raw, headers, msg.malformed, target, None)
-        try:
-            body = json.loads(msg.content)
-        except ValueError as exc:
-            return self._dead(raw, headers, f"content is not JSON: {exc}", target, None)
-        if not isinstance(body, dict):
-            return self._dead(raw, headers, "content is not a JSON object", target, None)
         if target is None:
             return self._dead(raw, headers, f"no route for topic {msg.topic}", None, None)
         key: bytes | None = None
         if key_fields is not None:
-            key_text, problem = _key(body, key_fields)
-            if key_text is None:
-                policy = self._config.missing_key
-                if policy == "dataid" and msg.data_id is not None:
-                    key_text = str(msg.data_id)
-                elif policy == "userid" and msg.user_id is not None:
-                    key_text = str(msg.user_id)
-                elif policy != "unkeyed":
-                    return self._dead(raw, headers, problem, target, None)
-            key = None if key_text is None else key_text.encode()
-        value = _envelope(msg) if self._envelope else raw
+            key, problem = self._key_of(msg, key_fields)
+            if problem:
+                return self._dead(raw, headers, problem, target, None)
+        value = raw
+        if self._envelope:
+            try:
+                value = _envelope(msg)
+            except UnicodeDecodeError as exc:
+                return self._dead(raw, headers, _utf8_problem(exc), target, key)
+            except UnicodeEncodeError:
+                return self._dead(raw, headers, "a text field holds a lone surrogate", target, key)
         return OutRecord(topic=target, key=key, value=value, headers=headers)
+
+    def _key_of(self, msg: SourceMessage, key_fields: list[str]) -> tuple[bytes | None, str]:
+        """The record key read from the content, or the reason there is none."""
+        body, problem = _parse(msg.content, self._config.max_json_depth)
+        if body is None:
+            return None, problem
+        key_text, problem = _key(body, key_fields)
+        if key_text is None:
+            policy = self._config.missing_key
+            if policy == "dataid" and msg.data_id is not None:
+                key_text = str(msg.data_id)
+            elif policy == "userid" and msg.user_id is not None:
+                key_text = str(msg.user_id)
+            elif policy != "unkeyed":
+                return None, problem
+        return (None if key_text is None else key_text.encode()), ""
+
+    def last_resort(self, msg: SourceMessage, reason: str) -> OutRecord:
+        """A dead letter built from nothing but the message id and the content bytes, for
+        when :meth:`route` itself failed: it cannot fail in turn."""
+        headers = ((H_MESSAGE_ID, str(msg.message_id).encode()),)
+        return self._dead(bytes(msg.content), headers, reason, None, None)
 
     def dead_letter(self, record: OutRecord, reason: str) -> OutRecord:
         """The dead-letter twin of a record the sink refused (e.g. too large)."""
@@ -124,7 +151,7 @@ class Router:
         limit = self._config.dead_letter_max_value_bytes
         extra = [(H_DLQ_REASON, reason.encode("utf-8", "replace")[:1024])]
         if target is not None:
-            extra.append((H_DLQ_TARGET, target.encode()))
+            extra.append((H_DLQ_TARGET, _utf8(target)))
         if len(value) > limit:
             value = value[:limit]
             extra.append((H_DLQ_TRUNCATED, b"true"))
@@ -137,27 +164,86 @@ class Router:
         )
 
 
+_RULE_CACHE_MAX = 10_000
+#: Longest key the bridge accepts: ids are int64 (19 digits); this leaves room, no more.
+_KEY_MAX_CHARS = 40
+#: Strings (with their escapes) and brackets: enough to measure nesting outside strings.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_too_deep(raw: bytes, limit: int) -> bool:
+    """True when objects/arrays in ``raw`` nest deeper than ``limit``, checked before the
+    parser sees it (deep input raises RecursionError in ``json.loads``). Counting the
+    brackets is C-speed and settles ordinary content; only content with more brackets
+    than the limit is scanned token by token."""
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_TOKENS.finditer(raw):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"}", b"]"):
+            depth -= 1
+    return False
+
+
+def _utf8_problem(exc: UnicodeDecodeError) -> str:
+    return f"content is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+
+
+def _parse(raw: bytes, max_depth: int) -> tuple[dict[str, object] | None, str]:
+    """The content as a JSON object, or None and why not."""
+    if json_too_deep(raw, max_depth):
+        return None, f"content nests deeper than routing.max_json_depth ({max_depth})"
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, _utf8_problem(exc)
+    except ValueError as exc:  # JSONDecodeError, and int literals over 4,300 digits
+        return None, f"content is not JSON: {str(exc)[:200]}"
+    except RecursionError:
+        return None, "content nests too deep to parse"
+    if not isinstance(body, dict):
+        return None, "content is not a JSON object"
+    return body, ""
+
+
 def _key(body: dict[str, object], fields: list[str]) -> tuple[str | None, str]:
     for name in fields:
         value = body.get(name)
         if value is None:
             continue
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value), ""
-        if isinstance(value, str) and value.strip().isdigit():
-            return value.strip(), ""
+            text = str(value)
+            if len(text) <= _KEY_MAX_CHARS:
+                return text, ""
+            return None, f"key field {name!r} is an integer of {len(text)} digits, not an id"
+        if isinstance(value, str):
+            text = value.strip()
+            # ASCII only: str.isdigit() is also true for "²" and other Unicode digits.
+            if 0 < len(text) <= _KEY_MAX_CHARS and text.isascii() and text.isdigit():
+                return text, ""
+            return None, f"key field {name!r} is the string {text[:40]!r}, not an integer id"
         return None, f"key field {name!r} is a {type(value).__name__}, not an integer id"
     return None, f"none of the key fields {fields} is in the content"
 
 
+def _utf8(text: str) -> bytes:
+    # "replace": a lone surrogate (JSON can escape one) must not make a header unwritable.
+    return text.encode("utf-8", "replace")
+
+
 def _headers(msg: SourceMessage) -> tuple[tuple[str, bytes], ...]:
-    headers = [(H_TOPIC, msg.topic.encode()), (H_MESSAGE_ID, str(msg.message_id).encode())]
+    headers = [(H_TOPIC, _utf8(msg.topic)), (H_MESSAGE_ID, str(msg.message_id).encode())]
     if msg.user_id is not None:
         headers.append((H_USER_ID, str(msg.user_id).encode()))
     if msg.publish_time_ms is not None:
         headers.append((H_PUBLISH_TIME, str(msg.publish_time_ms).encode()))
     if msg.publisher:
-        headers.append((H_PUBLISHER, msg.publisher.encode()))
+        headers.append((H_PUBLISHER, _utf8(msg.publisher)))
     headers.extend(msg.extra_headers)
     return tuple(headers)
 
@@ -172,6 +258,6 @@ def _envelope(msg: SourceMessage) -> bytes:
         "publish_time_ms": msg.publish_time_ms,
         "publisher": msg.publisher,
         "data_id": None if msg.data_id is None else str(msg.data_id),
-        "content": msg.content,
+        "content": msg.content.decode("utf-8"),
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -125,6 +125,9 @@ class RocketMQSink:
         self._crash = _crash_point(os.environ.get(CRASH_ENV, ""))
         self._local_count = itertools.count(1)
         self.ready = False
+        #: BatchSink.last_error: always None here; failed sends already show through the
+        #: pipeline ("rocketmq sink failing: ...").
+        self.last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 

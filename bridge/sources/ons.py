@@ -23,6 +23,8 @@ with ``topic`` and ``content`` is marked malformed and dead-lettered, then ackno
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import threading
 import time
@@ -35,6 +37,7 @@ from bridge import rocketmq_sdk as sdk
 from bridge.config import OnsSourceConfig
 from bridge.model import Delivery, SourceMessage
 from bridge.observability.metrics import Metrics
+from bridge.pipeline.routing import json_too_deep
 
 log = structlog.get_logger("bridge.source.ons")
 
@@ -47,24 +50,45 @@ H_ONS_QUEUE = "ons.queue"
 H_ONS_BORN = "ons.born_timestamp"
 
 
-def _int(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+_INT64_MAX = 2**63 - 1
+#: Publish times outside 1970-01-01 .. 9999-12-31 (UTC) are not dates any reader accepts.
+_MAX_TIME_MS = 253_402_300_799_999
+#: Nesting the body itself may have before it is parsed (content nests one level deeper
+#: than its own depth); routing.max_json_depth then applies to the content.
+_MAX_BODY_DEPTH = 501
+
+
+class _BadBody(ValueError):
+    """The body cannot be mapped; the text is the dead-letter reason."""
+
+
+def _int(value: object, name: str) -> int | None:
+    """An integer field: a JSON integer or a string of ASCII digits, within int64.
+
+    ``str.isdigit`` alone is true for "²", and ``int`` refuses over 4,300 digits.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT64_MAX:
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+    if isinstance(value, str):
+        text = value.strip()
+        if 0 < len(text) <= 19 and text.isascii() and text.isdigit() and int(text) <= _INT64_MAX:
+            return int(text)
+    raise _BadBody(f"ONS body field {name!r} is {str(value)[:40]!r}, not an int64")
 
 
 def _fallback_id(msg: sdk.InMessage) -> int:
     """The RocketMQ message id (UNIQ_KEY, hex) as an int: stable across broker retries."""
     try:
-        return int(msg.msg_id, 16)
+        return int(msg.msg_id[:64], 16)
     except ValueError:
         return int.from_bytes(msg.msg_id.encode()[:16], "big")
 
 
 def to_source_message(msg: sdk.InMessage) -> SourceMessage:
-    """Map one Jushita sync message; never raises (problems become ``malformed``)."""
+    """Map one Jushita sync message; never raises (problems become ``malformed``, and
+    the message is dead-lettered with the whole body as its value)."""
     extra = (
         (H_ONS_MSG_ID, msg.msg_id.encode()),
         (H_ONS_TAGS, msg.tags.encode()),
@@ -73,46 +97,70 @@ def to_source_message(msg: sdk.InMessage) -> SourceMessage:
         (H_ONS_QUEUE, f"{msg.topic}:{msg.queue_id}:{msg.queue_offset}".encode()),
         (H_ONS_BORN, str(msg.born_timestamp).encode()),
     )
-    first_key = msg.keys.split()[0] if msg.keys.split() else ""
+    keys = msg.keys.split()
+    first_key = keys[0] if keys else ""
     base = SourceMessage(
         source=SOURCE,
         message_id=_fallback_id(msg),
         topic=msg.tags or "unknown",
-        content=msg.body.decode("utf-8", "replace"),
-        data_id=_int(first_key),
+        content=msg.body,
         received_ns=time.monotonic_ns(),
         extra_headers=extra,
     )
+    # The message key is only a fallback routing key: one that is no int64 is ignored.
+    with contextlib.suppress(_BadBody):
+        base.data_id = _int(first_key or None, "keys")
     try:
-        body = json.loads(msg.body)
-    except ValueError as exc:  # includes invalid UTF-8
-        base.malformed = f"ONS body is not JSON: {exc}"
-        return base
+        _map_body(msg.body, base)
+    except _BadBody as exc:
+        base.malformed = str(exc)
+    except Exception as exc:
+        # Not reached by any input the tests know of; should one get here, the message
+        # is still dead-lettered and acknowledged instead of coming back forever.
+        log.exception("ONS body could not be mapped", msg_id=msg.msg_id)
+        base.malformed = f"ONS body could not be mapped: {type(exc).__name__}: {exc}"[:300]
+    if base.malformed:
+        # The dead letter carries the body as received, not a partial mapping.
+        base.content = msg.body
+    return base
+
+
+def _map_body(raw: bytes, base: SourceMessage) -> None:
+    if json_too_deep(raw, _MAX_BODY_DEPTH):
+        raise _BadBody(f"ONS body nests deeper than {_MAX_BODY_DEPTH} levels")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _BadBody(f"ONS body is not valid UTF-8 (at offset {exc.start})") from None
+    except ValueError as exc:
+        raise _BadBody(f"ONS body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
-        base.malformed = "ONS body is not a JSON object"
-        return base
+        raise _BadBody("ONS body is not a JSON object")
     topic, content = body.get("topic"), body.get("content")
     if not isinstance(topic, str) or not topic:
-        base.malformed = "ONS body has no 'topic'"
-        return base
+        raise _BadBody("ONS body has no 'topic'")
     base.topic = topic
-    if isinstance(content, str):
-        base.content = content
-    elif isinstance(content, dict | list):
-        base.content = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-    else:
-        base.malformed = "ONS body has no 'content' text"
-        return base
-    outgoing = _int(body.get("outgoing_id"))
+    if isinstance(content, dict | list):
+        content = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    if not isinstance(content, str):
+        raise _BadBody("ONS body has no 'content' text")
+    try:
+        base.content = content.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON may escape a lone surrogate ("\ud800"); no UTF-8 text can hold it.
+        raise _BadBody("ONS body 'content' holds a lone surrogate, not text") from None
+    outgoing = _int(body.get("outgoing_id"), "outgoing_id")
     if outgoing is not None:
         base.message_id = outgoing
-    base.publish_time_ms = _int(body.get("publish_time"))
+    publish_time = _int(body.get("publish_time"), "publish_time")
+    if publish_time is not None and publish_time > _MAX_TIME_MS:
+        raise _BadBody(f"ONS body field 'publish_time' is {publish_time}, not a date")
+    base.publish_time_ms = publish_time
     publisher = body.get("publisher_appkey")
-    base.publisher = None if publisher is None else str(publisher)
-    base.user_id = _int(body.get("user_id"))
+    base.publisher = None if publisher is None else str(publisher)[:200]
+    base.user_id = _int(body.get("user_id"), "user_id")
     nick = body.get("user_nick")
     base.nick = nick if isinstance(nick, str) else None
-    return base
 
 
 class _WaitingAck:
@@ -132,6 +180,16 @@ class _WaitingAck:
     def fail(self, reason: str) -> None:
         self.reason = reason
         self.done.set()
+
+
+def _release_on_error(future: concurrent.futures.Future[None], ack: _WaitingAck) -> None:
+    if future.cancelled():
+        ack.fail("submit cancelled")
+        return
+    error = future.exception()
+    if error is not None:
+        log.error("ons delivery could not be submitted", error=repr(error)[:300])
+        ack.fail(f"submit failed: {type(error).__name__}")
 
 
 class OnsSource:
@@ -159,6 +217,7 @@ class OnsSource:
         self.received = 0
         self.consumed = 0
         self.reconsume_later = 0
+        self._last_malformed: tuple[float, str] | None = None
 
     @property
     def logged_in(self) -> bool:
@@ -170,6 +229,13 @@ class OnsSource:
         if self._start_error is not None:
             return f"ons consumer did not start: {self._start_error}"
         return "ons consumer not started"
+
+    def notes(self) -> list[str]:
+        """What /readyz adds while ready: the last body that could not be mapped."""
+        if self._last_malformed is None:
+            return []
+        at, reason = self._last_malformed
+        return [f"ons dead-lettered a malformed body {time.monotonic() - at:.0f} s ago ({reason})"]
 
     def start(self) -> None:
         """Create, subscribe and start the consumer (the blocking start runs off-loop)."""
@@ -222,8 +288,12 @@ class OnsSource:
         try:
             message = to_source_message(msg)
             if message.malformed:
+                self._last_malformed = (time.monotonic(), message.malformed[:300])
                 log.warning("malformed ONS message", msg_id=msg.msg_id, reason=message.malformed)
-            asyncio.run_coroutine_threadsafe(self._submit(Delivery(message, [ack])), loop)
+            future = asyncio.run_coroutine_threadsafe(self._submit(Delivery(message, [ack])), loop)
+            # Should submit itself fail (a bug), this thread must not wait forever for
+            # an ack that will never come: RECONSUME_LATER, and the failure is logged.
+            future.add_done_callback(lambda f: _release_on_error(f, ack))
             ack.done.wait()
         finally:
             with self._lock:

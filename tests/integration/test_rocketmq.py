@@ -268,15 +268,37 @@ async def test_wrong_rocketmq_credentials_confirm_nothing_with_a_clear_error(
     assert "wrong-secret-key-999" not in out
 
 
+def _body(**fields: str) -> bytes:
+    base = {"topic": '"taobao_trade_TradeCreate"', "content": '"{\\"tid\\":1}"'}
+    base.update(fields)
+    return ("{" + ",".join(f'"{k}":{v}' for k, v in base.items()) + "}").encode()
+
+
+#: Each of these used to be a poison message for some part of the mapping or routing.
+HOSTILE_ONS_BODIES = [
+    b"not json at all",
+    b'{"content":"{}"}',
+    _body(content="[" * 2000 + "]" * 2000),
+    _body(outgoing_id='"\u00b2"'),
+    _body(outgoing_id="9" * 5000),
+    _body(outgoing_id="9223372036854775808"),
+    _body(publish_time='"' + "1" * 400 + '"'),
+    _body(user_id="1.5"),
+    _body(content='"\\ud800"'),
+    b'{"topic":"taobao_trade_TradeCreate","content":"\xff\xfe"}',
+]
+TOTAL_HOSTILE = len(HOSTILE_ONS_BODIES)
+
+
 def publish(
     broker: RocketMQBroker, topic: str, count: int, *, by_key: bool = False
 ) -> list[dict[str, Any]]:
     pub = JushitaPublisher(broker.namesrv_addr, topic, credentials=CREDENTIALS)
     try:
         ledger = pub.publish(OrderGenerator(seed=7).events(count), by_key=by_key)
-        # Two bodies Jushita should never send, to be dead-lettered and acknowledged.
-        pub.publish_raw(b"not json at all", tags="taobao_trade_TradeCreate", key="1")
-        pub.publish_raw(b'{"content":"{}"}', tags="taobao_trade_TradeCreate", key="2")
+        # Bodies Jushita should never send, each to be dead-lettered and acknowledged.
+        for i, body in enumerate(HOSTILE_ONS_BODIES):
+            pub.publish_raw(body, tags="taobao_trade_TradeCreate", key=str(i + 1))
     finally:
         pub.close()
     return ledger
@@ -286,7 +308,7 @@ def check_ons(
     ledger: list[dict[str, Any]], arrived: list[harness.Arrived], dlq: str
 ) -> harness.Verdict:
     dead = [a for a in arrived if a.topic == dlq]
-    assert len(dead) == 2
+    assert len(dead) == TOTAL_HOSTILE
     return harness.verify(ledger, [a for a in arrived if a.topic != dlq], len(ledger))
 
 
@@ -303,7 +325,7 @@ async def test_ons_to_kafka(rocketmq: RocketMQBroker, kafka: KafkaBroker, topics
     }
     cfg = config(ons_source(rocketmq, source_topic), sink, topics)
     async with running_bridge(cfg) as bridge:
-        await wait_for(lambda: bridge.source.consumed >= 1002, 90, "all consumed")  # type: ignore[attr-defined]
+        await wait_for(lambda: bridge.source.consumed >= 1000 + TOTAL_HOSTILE, 90, "all consumed")  # type: ignore[attr-defined]
         assert bridge.source.reconsume_later == 0  # type: ignore[attr-defined]
     v = check_ons(ledger, await read_back(kafka.bootstrap, topics.all), topics.dlq)
     assert (v.delivered, v.duplicates, v.lost) == (1000, 0, 0), v.problems
@@ -317,8 +339,10 @@ async def test_ons_orderly_to_rocketmq_keeps_order(
     ledger = await asyncio.to_thread(publish, rocketmq, source_topic, 1000, by_key=True)
     cfg = config(ons_source(rocketmq, source_topic, orderly=True), rocketmq_sink(rocketmq), rtopics)
     async with running_bridge(cfg) as bridge:
-        await wait_for(lambda: bridge.source.consumed >= 1002, 90, "all consumed")  # type: ignore[attr-defined]
-    v = check_ons(ledger, await read_rocketmq(rocketmq, rtopics.all, 1002), rtopics.dlq)
+        await wait_for(lambda: bridge.source.consumed >= 1000 + TOTAL_HOSTILE, 90, "all consumed")  # type: ignore[attr-defined]
+    v = check_ons(
+        ledger, await read_rocketmq(rocketmq, rtopics.all, 1000 + TOTAL_HOSTILE), rtopics.dlq
+    )
     assert (v.delivered, v.duplicates, v.order_violations, v.lost) == (1000, 0, 0, 0), v.problems
 
 

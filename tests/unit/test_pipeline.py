@@ -42,6 +42,7 @@ class ScriptedSink:
         self.gate.set()
         self.stopped = False
         self.ready = True
+        self.last_error: str | None = None
         self.probes: list[object] = []
 
     def start(self) -> None:
@@ -79,7 +80,7 @@ class ScriptedSink:
 
 def delivery(log: list[tuple[str, int]], i: int, content: str | None = None) -> Delivery:
     body = content if content is not None else f'{{"tid": {1000 + i % 3}}}'
-    msg = SourceMessage("tmc", i, "taobao_trade_TradeCreate", body)
+    msg = SourceMessage("tmc", i, "taobao_trade_TradeCreate", body.encode())
     return Delivery(msg, [Ack(log, i)])
 
 
@@ -259,7 +260,7 @@ async def test_metrics_count_what_the_pipeline_did() -> None:
     for i in range(8):
         await p.submit(delivery(log, i))
     await p.submit(delivery(log, 3))  # a redelivery while held
-    bad = Delivery(SourceMessage("tmc", 99, "taobao_item_ItemAdd", "not json"), [Ack(log, 99)])
+    bad = Delivery(SourceMessage("tmc", 99, "taobao_item_ItemAdd", b"not json"), [Ack(log, 99)])
     await p.submit(bad)
     assert sample(p, "bridge_pipeline_in_flight_messages") == 9
     await drain(p)
@@ -356,3 +357,45 @@ async def test_a_sink_without_a_real_probe_stays_failing_until_a_commit() -> Non
     assert p.sink_problem() is None
     p.close()
     await asyncio.wait_for(writer, 10)
+
+
+class BrokenRouter(Router):
+    """A router with a bug that only some input triggers."""
+
+    def route(self, msg: SourceMessage) -> OutRecord:
+        if msg.message_id == 13:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().route(msg)
+
+
+async def test_a_routing_bug_dead_letters_that_message_and_the_pipeline_goes_on() -> None:
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink()
+    p = Pipeline(PipelineConfig(batch_linger_ms=0), BrokenRouter(RoutingConfig()), sink)
+    for i in (12, 13, 14):
+        await p.submit(delivery(log, i))
+    await drain(p)
+    assert log == [("confirm", 12), ("confirm", 13), ("confirm", 14)]
+    dead = [r for r in sink.committed if r.dead_letter_reason is not None]
+    assert len(dead) == 1 and dead[0].topic == "tmc.dlq"
+    assert "RecursionError" in dead[0].dead_letter_reason
+    assert dict(dead[0].headers)["tmc.message_id"] == b"13"
+    assert dead[0].value == b'{"tid": 1001}'
+
+
+async def test_metric_topic_labels_are_bounded() -> None:
+    log: list[tuple[str, int]] = []
+    p = make(ScriptedSink())
+    for i in range(520):
+        msg = SourceMessage("tmc", i, f"invented_{i}", b"{}")
+        await p.submit(Delivery(msg, [Ack(log, i)]))
+    await drain(p)
+    names = {
+        s.labels["topic"]
+        for fam in p.metrics.registry.collect()
+        if fam.name == "bridge_source_received_messages"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    }
+    assert len(names) == 501 and "(other)" in names
+    assert sample(p, "bridge_source_received_messages_total", source="tmc", topic="(other)") == 20

@@ -163,7 +163,7 @@ def test_content_as_object_and_missing_seller_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b"\xff\xfe not utf-8", "not JSON"),
+        (b"\xff\xfe not utf-8", "not valid UTF-8"),
         (b"[1,2]", "not a JSON object"),
         (b'{"content":"{}"}', "no 'topic'"),
         (b'{"topic":"x","content":5}', "no 'content'"),

@@ -22,7 +22,7 @@ def msg(topic: str, content: str, **kw: object) -> SourceMessage:
         source="tmc",
         message_id=2131800080537681927,
         topic=topic,
-        content=content,
+        content=content.encode(),
         user_id=7,
         publish_time_ms=1,
         publisher="12497914",

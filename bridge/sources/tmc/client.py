@@ -10,6 +10,16 @@ reconnects after a jittered back-off whose first delay is at least ``reconnect_m
 Back-pressure: the reader awaits ``submit`` before reading the next frame, so a full
 pipeline stops the socket reads and TCP pushes back on the server (§9.6).
 
+Bad input never ends a connection: every frame is taken under one guard. A push whose
+id is valid but whose other fields are not (a bad time, content that is not gzip or
+inflates past ``max_content_bytes``, a frame over ``max_frame_bytes``) is handed on
+marked malformed, so the pipeline dead-letters it and then confirms it. A frame that
+cannot be confirmed (not a frame at all, a push without a valid int64 id) is logged
+with the reason, counted in ``bridge_source_skipped_frames_total`` and skipped: the
+server redelivers it later, and the session goes on. The connection task itself logs
+every exit with its reason (an unexpected exception with its traceback), shows it in
+``/readyz`` while no connection is logged in, and reconnects with the usual back-off.
+
 A confirm is sent only on the socket the message came in on, and only while that login
 is still current: after a reconnect the old token is void, the server redelivers, and the
 pipeline's committed-id cache confirms the redelivery without writing it twice.
@@ -22,16 +32,19 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
 from bridge.config import TmcSourceConfig
-from bridge.errors import FrameError, LoginError, ProtocolError
+from bridge.errors import ConfigError, FrameError, LoginError, ProtocolError, TmcError
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
-from bridge.sources.tmc.protocol import ClientSession, Ignored, LoggedIn, Push
+from bridge.sources.tmc import transport
+from bridge.sources.tmc.protocol import ClientSession, Ignored, LoggedIn, Push, Rejected
 
 log = structlog.get_logger("bridge.source.tmc")
 
@@ -46,6 +59,14 @@ def backoff(min_s: float, max_s: float, *, rng: random.Random | None = None) -> 
     while True:
         yield min(max_s, base * rand.uniform(1.0, 1.5))
         base = min(max_s, max(base * 2, 0.1))
+
+
+def _without_user_info(url: str) -> str:
+    # A URL may carry user:password@; logs never do.
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class _Ack:
@@ -73,7 +94,13 @@ class _Connection:
         self._metrics = metrics
         self._config = config
         self._submit = submit
-        self.session = ClientSession(config.app_key, secret, config.group, sdk=config.sdk)
+        self.session = ClientSession(
+            config.app_key,
+            secret,
+            config.group,
+            sdk=config.sdk,
+            max_content_bytes=config.max_content_bytes,
+        )
         self.generation = 0
         self.online = False
         self._ws: ClientConnection | None = None
@@ -85,6 +112,8 @@ class _Connection:
         self.confirms_dropped = 0
         self.pushes_left = 0
         self.last_error: str | None = None
+        #: (monotonic time, reason) of the last frame skipped, for /readyz.
+        self.last_skipped: tuple[float, str] | None = None
         self._log = log.bind(connection=index, group=config.group)
         metrics.connection_up("tmc", index, False)
 
@@ -94,7 +123,15 @@ class _Connection:
         if generation != self.generation or not self.online:
             self.confirms_dropped += 1
             return
-        self._outbox.put_nowait(make(msg_id))
+        try:
+            frame = make(msg_id)
+        except TmcError as exc:
+            # Ids are validated on arrival, so this is a bug; it must not escape into the
+            # pipeline that is settling a batch. Unconfirmed, the message comes back.
+            self._log.error("cannot encode confirm", message_id=msg_id, error=str(exc))
+            self.confirms_dropped += 1
+            return
+        self._outbox.put_nowait(frame)
         self.confirms_sent += 1
 
     # -- lifecycle ----------------------------------------------------------------
@@ -112,12 +149,10 @@ class _Connection:
                     status_code=exc.status_code,
                     status_phrase=exc.status_phrase,
                 )
-            except FrameError as exc:
-                self.last_error = f"malformed frame: {exc}"
-                self._log.error("malformed TMC frame, resetting connection", error=str(exc))
-            except ProtocolError as exc:
-                self.last_error = f"protocol error: {exc}"
-                self._log.error("TMC protocol error, resetting connection", error=str(exc))
+            except (FrameError, ProtocolError) as exc:
+                # Only the login exchange raises these; online, bad frames are skipped.
+                self.last_error = f"login failed: {exc}"
+                self._log.error("tmc login failed, resetting connection", error=str(exc))
             except ConnectionClosed as exc:
                 if self._stop.is_set():
                     self._log.info(
@@ -131,9 +166,15 @@ class _Connection:
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._log.warning("tmc connection lost", error=self.last_error)
-            except InvalidURI as exc:
+            except (InvalidURI, ValueError) as exc:
+                # Checked at start-up (ConfigError); should a URL still fail here, keep
+                # saying so (in the log and /readyz) instead of ending the task.
+                self.last_error = f"invalid source.tmc.url: {exc}"
                 self._log.error("invalid TMC url", error=str(exc))
-                raise
+            except Exception as exc:
+                # A bug. The task must not end silently: log it whole, and reconnect.
+                self.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                self._log.exception("tmc connection failed unexpectedly", error=self.last_error)
             finally:
                 self._set_online(False)
                 self.session.lost()
@@ -150,14 +191,17 @@ class _Connection:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _session_once(self) -> bool:
+        """One socket from connect to close. Always ends in an exception (the reason)."""
         cfg = self._config
-        self._log.info("tmc connecting", url=cfg.url)
+        self._log.info("tmc connecting", url=_without_user_info(cfg.url))
         async with connect(
             cfg.url,
             ping_interval=None,  # our own idle ping, pongs not awaited (§8.1, §12)
             ping_timeout=None,
             compression=None,  # no TMC client negotiates permessage-deflate
-            max_size=cfg.max_frame_bytes,
+            # The frame limit is enforced by skipping, not by failing the connection.
+            max_size=None,
+            create_connection=transport.connection_class(cfg.max_frame_bytes),
             open_timeout=cfg.connect_timeout_s,
             close_timeout=2,
             user_agent_header=None,
@@ -175,20 +219,25 @@ class _Connection:
             self._set_online(True)
             self.last_error = None
             self._log.info("tmc logged in", flag=self.generation)
-            helpers = [
+            tasks = [
+                asyncio.create_task(self._reader(ws)),
                 asyncio.create_task(self._writer(ws)),
                 asyncio.create_task(self._puller()),
                 asyncio.create_task(self._pinger(ws)),
             ]
             try:
-                await self._reader(ws)
+                # Whichever ends first ends the session, with its exception: a writer that
+                # died must not leave a reader taking pushes it can never confirm.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                raise RuntimeError(f"tmc connection task ended: {sorted(map(str, done))}")
             finally:
                 self._set_online(False)
-                for task in helpers:
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 self._ws = None
-        return True
 
     def _set_online(self, online: bool) -> None:
         if online != self.online:
@@ -205,16 +254,54 @@ class _Connection:
             self._last_traffic = time.monotonic()
             if not isinstance(data, bytes):
                 continue  # text frames are not part of TMC (§3)
-            event = self.session.receive(data, received_ns=time.monotonic_ns())
-            if isinstance(event, Push):
-                if not self._reading:
-                    # Draining: not taken, not confirmed; the server redelivers it.
-                    self.pushes_left += 1
-                    continue
-                msg = event.message
-                await self._submit(Delivery(msg, [_Ack(self, generation, msg.message_id)]))
-            elif isinstance(event, Ignored):
-                self._log.debug("tmc frame ignored", reason=event.reason)
+            delivery = self._take(data, generation)
+            if delivery is not None:
+                await self._submit(delivery)
+
+    def _take(self, data: bytes, generation: int) -> Delivery | None:
+        """One frame -> a delivery, or None (logged and counted). The guard of the source:
+        nothing a frame holds can raise out of here."""
+        try:
+            cut = transport.oversized(data)
+            if cut is None:
+                event = self.session.receive(data, received_ns=time.monotonic_ns())
+            else:
+                size, head = cut
+                event = self.session.receive_oversized(
+                    head, size, self._config.max_frame_bytes, received_ns=time.monotonic_ns()
+                )
+        except TmcError as exc:
+            self._skip("oversized" if cut else "malformed", str(exc))
+            return None
+        except Exception as exc:
+            self._log.exception("tmc frame could not be handled", error=repr(exc)[:300])
+            self._skip("internal_error", f"{type(exc).__name__}: {exc}")
+            return None
+        if isinstance(event, Push):
+            msg = event.message
+            if not self._reading:
+                # Draining: not taken, not confirmed; the server redelivers it.
+                self.pushes_left += 1
+                return None
+            if msg.malformed:
+                self._log.warning(
+                    "tmc push malformed, dead-lettering it",
+                    message_id=msg.message_id,
+                    topic=msg.topic,
+                    reason=msg.malformed,
+                )
+            return Delivery(msg, [_Ack(self, generation, msg.message_id)])
+        if isinstance(event, Rejected):
+            kind = "oversized" if cut else "unconfirmable"
+            self._skip(kind, event.reason, message_id=event.message_id)
+        elif isinstance(event, Ignored):
+            self._log.debug("tmc frame ignored", reason=event.reason)
+        return None
+
+    def _skip(self, kind: str, reason: str, **fields: object) -> None:
+        self._metrics.skipped("tmc", kind)
+        self.last_skipped = (time.monotonic(), f"{kind}: {reason[:300]}")
+        self._log.warning("tmc frame skipped", kind=kind, reason=reason[:300], **fields)
 
     async def _writer(self, ws: ClientConnection) -> None:
         outbox = self._outbox
@@ -225,9 +312,11 @@ class _Connection:
             self._last_traffic = time.monotonic()
 
     async def _puller(self) -> None:
-        # One pull right after login to fetch any backlog, then periodically (§6.4, §12).
-        while self._reading:
-            self._outbox.put_nowait(self.session.pull())
+        # One pull right after login to fetch any backlog, then periodically (§6.4, §12);
+        # none while draining. It never returns: a returning task would end the session.
+        while True:
+            if self._reading:
+                self._outbox.put_nowait(self.session.pull())
             await asyncio.sleep(self._config.pull_interval_s)
 
     async def _pinger(self, ws: ClientConnection) -> None:
@@ -267,6 +356,10 @@ class TmcSource:
     def __init__(
         self, config: TmcSourceConfig, submit: Submit, *, metrics: Metrics | None = None
     ) -> None:
+        try:
+            parse_uri(config.url)
+        except (InvalidURI, ValueError) as exc:
+            raise ConfigError(f"source.tmc.url: {exc}") from None
         secret = config.secret()
         metrics = metrics or Metrics()
         self._connections = [
@@ -287,6 +380,14 @@ class TmcSource:
             return None
         errors = self.last_errors
         return "tmc not logged in" + (f" (last error: {errors[0]})" if errors else "")
+
+    def notes(self) -> list[str]:
+        """What /readyz adds while ready: the last frame skipped, if one was."""
+        skipped = [c.last_skipped for c in self._connections if c.last_skipped]
+        if not skipped:
+            return []
+        at, reason = max(skipped)
+        return [f"tmc skipped a frame {time.monotonic() - at:.0f} s ago ({reason})"]
 
     def start(self) -> None:
         self._tasks = [

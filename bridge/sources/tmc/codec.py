@@ -18,6 +18,7 @@ each key (``id`` must be Int64 and ``__kind`` a Byte, §4.5).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -136,16 +137,43 @@ def _read_counted(  # noqa: PLR0917 - hot path: positional is cheaper
     raise _overrun(label, length, pos + 4, size)
 
 
-def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -> Frame:
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    strict_utf8: bool = False,
+    raw_strings: frozenset[str] = frozenset(),
+) -> Frame:
     """Decode one frame. Raises FrameError on any malformed input (§4.6).
 
     ``strict_utf8`` is for the simulator, which should catch client bugs; the client
     replaces bad bytes so that one odd nick cannot stall a connection (§4.6 rule 6).
-
-    This is the hot path of the bridge (one call per message), hence plain integers
-    instead of enum members and no closures; every length is still checked before use.
+    CountedString values of the keys in ``raw_strings`` stay undecoded ``bytes``: the
+    bridge forwards ``content`` exactly as received, invalid UTF-8 included.
     """
     buf = bytes(data)
+    frame = _start(buf)
+    _read_headers(frame, buf, "strict" if strict_utf8 else "replace", raw_strings)
+    return frame
+
+
+def decode_head(
+    data: bytes | bytearray | memoryview, *, raw_strings: frozenset[str] = frozenset()
+) -> Frame:
+    """Decode the complete headers at the start of a frame that was cut short.
+
+    For a frame too large to read whole, only its first bytes are kept; whatever headers
+    they hold in full (typically the token, ``__kind`` and ``id``) are returned. Raises
+    FrameError only when not even the version and type are valid.
+    """
+    buf = bytes(data)
+    frame = _start(buf)
+    # A cut frame ends mid-header by construction; what was decoded before stays.
+    with contextlib.suppress(FrameError):
+        _read_headers(frame, buf, "replace", raw_strings)
+    return frame
+
+
+def _start(buf: bytes) -> Frame:
     size = len(buf)
     if size < _MIN_FRAME:
         raise FrameError(f"frame too short: {size} bytes, need at least {_MIN_FRAME}")
@@ -155,8 +183,16 @@ def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -
     mtype = _TYPE_BY_CODE.get(buf[1])
     if mtype is None:
         raise FrameError(f"unknown message type {buf[1]} at offset 1")
-    errors = "strict" if strict_utf8 else "replace"
-    frame = Frame(type=mtype, version=version)
+    return Frame(type=mtype, version=version)
+
+
+def _read_headers(frame: Frame, buf: bytes, errors: str, raw_strings: frozenset[str]) -> None:
+    """Fill ``frame`` with the headers of ``buf`` from offset 2 up to EndOfHeaders.
+
+    This is the hot path of the bridge (one call per message), hence plain integers
+    instead of enum members and no closures; every length is still checked before use.
+    """
+    size = len(buf)
     custom = frame.custom
     new_value = tuple.__new__
     pos = 2
@@ -173,7 +209,10 @@ def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -
             pos += 1
             value: ValueData
             if code == 1:
-                value, pos = _read_counted(buf, pos, size, "value", errors, key)
+                if key in raw_strings:
+                    value, pos = _read_raw(buf, pos, size, key)
+                else:
+                    value, pos = _read_counted(buf, pos, size, "value", errors, key)
             elif code in _INT_UNPACK:
                 width, unpack = _INT_UNPACK[code]
                 if pos + width > size:
@@ -183,22 +222,13 @@ def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -
             elif code == 0:
                 value = None
             elif code == 7:
-                if pos + 4 > size:
-                    raise _overrun(f"byte array length of {key!r}", 4, pos, size)
-                length = _I32_UNPACK(buf, pos)[0]
-                if length < 0:
-                    raise FrameError(f"negative byte array length {length} for key {key!r}")
-                pos += 4
-                if pos + length > size:
-                    raise _overrun(f"byte array of {key!r}", length, pos, size)
-                value = buf[pos : pos + length]
-                pos += length
+                value, pos = _read_raw(buf, pos, size, key, what="byte array")
             else:
                 raise FrameError(f"unknown value format {code} for key {key!r} at offset {pos - 1}")
             custom[key] = new_value(Value, (_FMT_BY_CODE[code], value))
         elif htype == 0:
             # Trailing bytes after EndOfHeaders are ignored, like the Java reader (§4.1).
-            return frame
+            return
         elif htype == 5:
             frame.token, pos = _read_counted(buf, pos, size, "token", errors)
         elif htype == 4:
@@ -218,6 +248,19 @@ def decode(data: bytes | bytearray | memoryview, *, strict_utf8: bool = False) -
             raise FrameError(f"unknown header type {htype} at offset {pos - 2}")
 
 
+def _read_raw(buf: bytes, pos: int, size: int, key: str, what: str = "value") -> tuple[bytes, int]:
+    """An int32-counted run of bytes (a ByteArray, or a CountedString kept undecoded)."""
+    if pos + 4 > size:
+        raise _overrun(f"{what} length of {key!r}", 4, pos, size)
+    length = _I32_UNPACK(buf, pos)[0]
+    if length < 0:
+        raise FrameError(f"negative {what} length {length} for key {key!r}")
+    pos += 4
+    if pos + length > size:
+        raise _overrun(f"{what} of {key!r}", length, pos, size)
+    return buf[pos : pos + length], pos + length
+
+
 def _counted(text: str | None) -> bytes:
     # An empty or null string is the four bytes 00 00 00 00, never the 1-byte tmcpy form (§4.4).
     raw = text.encode("utf-8") if text else b""
@@ -231,6 +274,8 @@ def encode_value(value: Value) -> bytes:
     if fmt is Fmt.VOID or data is None:
         return b"\x00"
     if fmt is Fmt.STRING:
+        if isinstance(data, bytes):  # kept undecoded (decode's raw_strings)
+            return head + _I32.pack(len(data)) + data
         if not isinstance(data, str):
             raise FrameError(f"STRING value must be str, got {type(data).__name__}")
         return head + _counted(data)

@@ -8,12 +8,13 @@ current time where the protocol needs it, so both are tested with bytes alone.
 from __future__ import annotations
 
 import enum
-import gzip
 import hashlib
 import hmac
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bridge.errors import FrameError, LoginError, ProtocolError
 from bridge.model import SourceMessage
@@ -64,7 +65,26 @@ class Ignored:
     reason: str
 
 
-ClientEvent = LoggedIn | Push | Ignored
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A data push that can never be confirmed (no id, or one that is not an int64):
+    it cannot be dead-lettered either, so the driver logs it and skips the frame.
+    ``message_id`` is the id's text as received, when there was one, for the log."""
+
+    reason: str
+    message_id: str | None = None
+
+
+ClientEvent = LoggedIn | Push | Ignored | Rejected
+
+#: The wire type of message ids (§4.5): what a confirm can carry.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Publish times outside 1970-01-01 .. 9999-12-31 (UTC) are not dates any reader accepts.
+MAX_TIME_MS = 253_402_300_799_999
+#: Default for the inflated size of gzip ByteArray content (source.tmc.max_content_bytes).
+DEFAULT_MAX_CONTENT_BYTES = 4 * 1024 * 1024
+#: ``content`` is kept as the bytes received, never decoded and re-encoded.
+_RAW_STRINGS = frozenset({"content"})
 
 
 class State(enum.Enum):
@@ -88,8 +108,10 @@ class ClientSession:
         *,
         sdk: str = "tmc-bridge",
         intranet_ip: str | None = None,
+        max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
     ) -> None:
         self.app_key = app_key
+        self.max_content_bytes = max_content_bytes
         self._secret = app_secret
         self.group_name = group_name
         self.sdk = sdk
@@ -123,9 +145,40 @@ class ClientSession:
         ``received_ns`` (a monotonic clock reading from the caller) is stamped on pushes.
 
         Raises FrameError (malformed bytes), LoginError (CONNECT refused) or ProtocolError
-        (a frame that cannot be right in this state). Unknown extras are ignored.
+        (a frame that cannot be right in this state), and nothing else. Unknown extras
+        are ignored. A push with a valid id never raises: whatever else is wrong with it
+        becomes :attr:`SourceMessage.malformed`, so it is dead-lettered and confirmed.
         """
-        frame = codec.decode(data)
+        frame = codec.decode(data, raw_strings=_RAW_STRINGS)
+        return self._receive_frame(frame, received_ns)
+
+    def receive_oversized(
+        self, head: bytes, size: int, limit: int, *, received_ns: int = 0
+    ) -> ClientEvent:
+        """A frame of ``size`` bytes that was over ``limit`` and not read whole: ``head``
+        holds its first bytes. When they carry a data push with a valid id, the push is
+        returned marked malformed (dead-lettered with the reason, then confirmed, so it
+        does not come back every few minutes); otherwise the frame is :class:`Rejected`.
+        """
+        reason = (
+            f"frame of {size} bytes is over source.tmc.max_frame_bytes ({limit}); "
+            "its content was not read"
+        )
+        if self.state is not State.ONLINE:
+            raise ProtocolError(reason)
+        try:
+            frame = codec.decode_head(head, raw_strings=_RAW_STRINGS)
+        except FrameError as exc:
+            return Rejected(f"{reason} ({exc})")
+        frame.custom.pop("content", None)
+        event = self._receive_frame(frame, received_ns)
+        if isinstance(event, Push):
+            event.message.malformed = reason
+        elif isinstance(event, Rejected):
+            return Rejected(f"{reason}; {event.reason}", event.message_id)
+        return event
+
+    def _receive_frame(self, frame: Frame, received_ns: int) -> ClientEvent:
         if self.state is State.AWAIT_CONNECTACK:
             return self._on_connectack(frame)
         if self.state is not State.ONLINE:
@@ -141,8 +194,8 @@ class ClientSession:
             return Ignored("SEND with a foreign token")
         kind = frame.get("__kind")
         if kind == Kind.DATA or (kind is None and "topic" in frame.custom):
-            return _push_from(frame, received_ns)
-        return Ignored(f"SEND with __kind={kind!r}")
+            return _push_from(frame, received_ns, self.max_content_bytes)
+        return Ignored(f"SEND with __kind={kind!r:.40}")
 
     def _on_connectack(self, frame: Frame) -> ClientEvent:
         if frame.type is not MessageType.CONNECTACK:
@@ -172,13 +225,13 @@ class ClientSession:
 
     def confirm(self, message_id: int) -> bytes:
         """Confirm one message id (§6.2, vector §7.4). Always Int64."""
-        return self._online_head() + _KIND_CONFIRM + _ID_KEY + _I64.pack(message_id) + b"\x00\x00"
+        return self._online_head() + _KIND_CONFIRM + _ID_KEY + _id_bytes(message_id) + b"\x00\x00"
 
     def fail(self, message_id: int, reason: str | None) -> bytes:
         """Failed / nack (§6.3, vector §7.6): SEND with token, kind 20, id, msg <= 128 chars."""
         msg = codec.encode_custom("msg", codec.string(reason[:FAILED_MSG_MAX] if reason else None))
         return (
-            self._online_head() + _KIND_FAILED + _ID_KEY + _I64.pack(message_id) + msg + b"\x00\x00"
+            self._online_head() + _KIND_FAILED + _ID_KEY + _id_bytes(message_id) + msg + b"\x00\x00"
         )
 
     def lost(self) -> None:
@@ -196,66 +249,159 @@ _KIND_FAILED = codec.encode_custom("__kind", codec.byte(Kind.FAILED))
 _ID_KEY = b"\x01\x00\x02\x00\x00\x00id\x05"
 
 
+def _id_bytes(message_id: int) -> bytes:
+    # Pushes are validated on arrival, so only a bug gets here; it must not be a
+    # struct.error that ends the connection task (or the pipeline confirming it).
+    if not INT64_MIN <= message_id <= INT64_MAX:
+        raise ProtocolError(f"message id {message_id} does not fit Int64; cannot confirm it")
+    return _I64.pack(message_id)
+
+
+_F = TypeVar("_F")
+
+
+class _BadField(ProtocolError):
+    """One field of a push has a value the bridge cannot take (the reason is the text)."""
+
+
 def _int_field(frame: Frame, key: str) -> int | None:
+    """An integer field: any integer format, or a String of ASCII digits within Int64.
+
+    Fixed-width formats fit Int64 by construction. A String is checked before ``int()``:
+    ``str.isdigit`` is true for "²" and ``int`` refuses more than 4,300 digits.
+    """
     value = frame.custom.get(key)
     if value is None or value.data is None:
         return None
-    if value.fmt in (Fmt.BYTE, Fmt.INT16, Fmt.INT32, Fmt.INT64, Fmt.DATE) and isinstance(
-        value.data, int
-    ):
-        return value.data
-    if value.fmt is Fmt.STRING and isinstance(value.data, str) and value.data.isdigit():
-        return int(value.data)
-    raise ProtocolError(f"field {key!r} has format {value.fmt.name}, expected an integer")
+    data = value.data
+    if isinstance(data, int):
+        return data
+    if value.fmt is Fmt.STRING:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
+            number = int(text)
+            if number <= INT64_MAX:
+                return number
+        raise _BadField(f"field {key!r} is the String {text[:40]!r}, not a decimal Int64")
+    raise _BadField(f"field {key!r} has format {value.fmt.name}, expected an integer")
 
 
 def _str_field(frame: Frame, key: str) -> str | None:
     data = frame.get(key)
     if data is None or isinstance(data, str):
         return data
+    if isinstance(data, bytes):
+        raise _BadField(f"field {key!r} is a ByteArray, expected a String")
     return str(data)
 
 
-def _push_from(frame: Frame, received_ns: int) -> Push:
-    message_id = _int_field(frame, "id")
-    if message_id is None:
-        raise ProtocolError("data push without an id: it could never be confirmed")
-    topic = _str_field(frame, "topic")
-    if not topic:
-        raise ProtocolError(f"data push {message_id} without a topic")
-    malformed: str | None = None
-    raw = frame.get("content")
-    if isinstance(raw, bytes):
+def _inflate(raw: bytes, limit: int) -> bytes:
+    """Gunzip ``raw`` (one or more members, like Java's GZIPInputStream), refusing to
+    produce more than ``limit`` bytes: a small bomb must not take the pod's memory."""
+    out: list[bytes] = []
+    total = 0
+    data = raw
+    while True:
+        inflater = zlib.decompressobj(wbits=31)
+        chunk = inflater.decompress(data, limit - total + 1)
+        total += len(chunk)
+        if total > limit or inflater.unconsumed_tail:
+            raise _BadField(
+                f"gzip content inflates to more than source.tmc.max_content_bytes ({limit})"
+            )
+        out.append(chunk)
+        if not inflater.eof:
+            raise _BadField("gzip content is truncated")
+        data = inflater.unused_data
+        if not data:
+            return b"".join(out)
+
+
+def _content(frame: Frame, limit: int) -> bytes:
+    value = frame.custom.get("content")
+    if value is None or value.data is None:
+        return b""
+    data = value.data
+    if value.fmt is Fmt.STRING:
+        # Kept undecoded by the codec: forwarded byte for byte (raw_strings).
+        return data if isinstance(data, bytes) else str(data).encode()
+    if value.fmt is Fmt.BYTE_ARRAY and isinstance(data, bytes):
         # ByteArray content is gzip-compressed UTF-8 JSON (§4.5, §6.1).
         try:
-            content = gzip.decompress(raw).decode("utf-8")
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-            content = raw.hex()
-            malformed = f"content is a ByteArray that is not gzip UTF-8: {exc}"
-    elif raw is None:
-        content = ""
-    else:
-        content = str(raw)
-    data_id = _int_field(frame, "dataid")
+            return _inflate(data, limit)
+        except zlib.error as exc:
+            raise _BadField(f"content is a ByteArray that is not gzip: {exc}") from None
+    raise _BadField(f"content has format {value.fmt.name}, expected a String or gzip ByteArray")
+
+
+def _push_from(frame: Frame, received_ns: int, max_content_bytes: int) -> Push | Rejected:
+    """A data push -> SourceMessage. Without a valid id it is Rejected (nothing can
+    confirm it); any other bad field marks it malformed (dead-lettered, then confirmed).
+    The first problem found is the reason; the message keeps whatever else was valid."""
+    try:
+        message_id = _int_field(frame, "id")
+    except _BadField as exc:
+        return Rejected(f"data push not confirmable: {exc}", _raw_text(frame, "id"))
+    if message_id is None:
+        return Rejected("data push without an id: it could never be confirmed")
+    problems: list[str] = []
+
+    def field(read: Callable[[Frame, str], _F], key: str) -> _F | None:
+        try:
+            return read(frame, key)
+        except _BadField as exc:
+            problems.append(str(exc))
+            return None
+
+    topic = field(_str_field, "topic")
+    if not topic:
+        problems.append("data push without a topic")
+        topic = "unknown"
+    try:
+        content = _content(frame, max_content_bytes)
+    except _BadField as exc:
+        problems.append(str(exc))
+        raw = frame.get("content")
+        content = raw if isinstance(raw, bytes) else b""
+    publish_time = field(_int_field, "time")
+    if publish_time is not None and not 0 <= publish_time <= MAX_TIME_MS:
+        problems.append(f"field 'time' is {publish_time}, not a date (ms since 1970)")
+        publish_time = None
+    data_id = field(_int_field, "dataid")
     if data_id is None:
-        data_id = _int_field(frame, "data_id")
-    retried = _int_field(frame, "retried")
+        data_id = field(_int_field, "data_id")
+    user_id = field(_int_field, "userid")
+    publisher = field(_str_field, "publisher")
+    nick = field(_str_field, "nick")
+    # Counted only, never written anywhere: a bad value is dropped, not a reason.
+    try:
+        retried = _int_field(frame, "retried")
+    except _BadField:
+        retried = None
     return Push(
         SourceMessage(
             source="tmc",
             message_id=message_id,
             topic=topic,
             content=content,
-            publish_time_ms=_int_field(frame, "time"),
-            publisher=_str_field(frame, "publisher"),
-            user_id=_int_field(frame, "userid"),
-            nick=_str_field(frame, "nick"),
+            publish_time_ms=publish_time,
+            publisher=publisher,
+            user_id=user_id,
+            nick=nick,
             data_id=data_id,
-            malformed=malformed,
+            malformed=problems[0] if problems else None,
             received_ns=received_ns,
         ),
         retried=retried,
     )
+
+
+def _raw_text(frame: Frame, key: str) -> str | None:
+    data = frame.get(key)
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    return text[:40]
 
 
 # ----------------------------------------------------------------------------- server
@@ -489,6 +635,7 @@ __all__ = [
     "Publish",
     "PullRequest",
     "Push",
+    "Rejected",
     "ServerEvent",
     "ServerSession",
     "push_body",

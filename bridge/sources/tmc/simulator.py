@@ -168,6 +168,8 @@ class Simulator:
         self._tasks: list[asyncio.Task[None]] = []
         self._settled = asyncio.Event()
         self.port = 0
+        #: Confirmed ids the ledger never held (pushed with push_raw, or a client bug).
+        self.unknown_confirmed_ids: deque[int] = deque(maxlen=10_000)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -257,6 +259,17 @@ class Simulator:
             return True
         except TimeoutError:
             return False
+
+    def push_raw(self, entries: bytes, *, group: str = "default") -> bool:
+        """Push hand-made Custom entries (after the session's token and ``__kind`` 3) to
+        one online connection of the group, outside the ledger: for hostile-input tests.
+        Confirms of ids the ledger does not know are kept in ``unknown_confirmed_ids``."""
+        conns = [c for (_, g), grp in self._groups.items() if g == group for c in grp.conns]
+        if not conns:
+            return False
+        conn = self._rng.choice(conns)
+        conn.outbox.put_nowait(conn.session.push(entries))
+        return True
 
     def inject(self, fault: Fault, *, group: str = "default") -> bool:
         """Apply a fault to one online connection of the group; False if none is online."""
@@ -381,6 +394,7 @@ class Simulator:
         msg = self._messages.get(msg_id)
         if msg is None:
             self.stats.unknown_confirms += 1
+            self.unknown_confirmed_ids.append(msg_id)
             return
         if msg.state in ("confirmed", "expired"):
             self.stats.duplicate_confirms += 1

@@ -1,60 +1,52 @@
-"""Configuration: YAML -> ``${ENV}`` interpolation -> pydantic models.
-
-Rules a user can rely on:
-
-* Unknown keys are errors (``extra="forbid"``), so a typo never silently falls back to a
-  default. Every error names the dotted path of the bad key.
-* ``${VAR}`` and ``${VAR:-default}`` are replaced in every string value from the process
-  environment, before validation. A missing variable without default is an error naming
-  both the key and the variable.
-* Secrets (``app_secret``, RocketMQ/ONS ``secret_key``, values under ``sink.kafka.extra``)
-  are ``SecretStr`` or treated as such: they are never part of a repr, a log line or an
-  error message; pydantic is told to hide inputs in its errors. Each secret can also come
-  from a file (``*_file``), e.g. a mounted Kubernetes Secret.
-* ``source.type`` / ``sink.type`` pick the adapter; exactly the section of that name must
-  be present (``source.tmc`` or ``source.ons``, ``sink.kafka`` or ``sink.rocketmq``).
-"""
+"""The configuration models: one pydantic model per section (see the package docstring)."""
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
+from bridge.config._checks import (
+    _KAFKA_PROTOCOLS,
+    _KAFKA_TOPIC,
+    _ROCKETMQ_TOPIC,
+    Name,
+    PositiveFloat,
+    PositiveInt,
+    Secret,
+    _address_list_problems,
+    _Problems,
+    _url_problem,
+)
 from bridge.errors import ConfigError
-
-#: RocketMQ's own topic rule (TopicValidator): no dots, unlike Kafka.
-_ROCKETMQ_TOPIC = re.compile(r"^[%|a-zA-Z0-9_-]{1,127}$")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    # allow_inf_nan=False: an infinite or NaN timeout would reach asyncio and librdkafka.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
 
 class TmcSourceConfig(_Model):
     """TMC WebSocket source (shared/tmc-protocol.md §5, §8)."""
 
+    #: ws:// or wss://, parsed fully (host, port 1..65535, [IPv6]); see the module doc.
     url: str = "ws://mc.api.taobao.com/"
-    app_key: str
-    app_secret: SecretStr | None = None
+    app_key: Name
+    #: Blank is refused: the login would only fail later, with a less clear message.
+    app_secret: Secret = None
     #: Alternative to app_secret: a file holding the secret (e.g. a mounted Secret).
     app_secret_file: Path | None = None
-    group: str = "default"
+    group: Name = "default"
     #: Parallel connections to the same group; the server spreads messages over them.
     connections: PositiveInt = 1
     pull_interval_s: PositiveFloat = 15.0
@@ -64,22 +56,33 @@ class TmcSourceConfig(_Model):
     reconnect_min_s: Annotated[float, Field(ge=0)] = 10.0
     reconnect_max_s: PositiveFloat = 120.0
     connect_timeout_s: PositiveFloat = 5.0
-    max_frame_bytes: PositiveInt = 16 * 1024 * 1024
+    #: Largest TMC frame read whole; a larger one is skipped as it arrives (README, Bad
+    #: input and limits) and dead-lettered when its first 64 KiB hold a valid id.
+    max_frame_bytes: Annotated[int, Field(ge=4096)] = 16 * 1024 * 1024
+    #: Largest content after inflating a gzip ByteArray; a larger one is dead-lettered.
+    max_content_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     sdk: str = "tmc-bridge"
 
     @field_validator("url")
     @classmethod
     def _ws_url(cls, value: str) -> str:
-        if not value.startswith(("ws://", "wss://")):
-            raise ValueError("must start with ws:// or wss://")
+        problem = _url_problem(value, ("ws", "wss"))
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
     def _one_secret(self) -> TmcSourceConfig:
+        problems = []
         if (self.app_secret is None) == (self.app_secret_file is None):
-            raise ValueError("set exactly one of app_secret and app_secret_file")
+            given = "both are" if self.app_secret is not None else "neither is"
+            problems.append(
+                ("app_secret", f"set exactly one of app_secret and app_secret_file ({given} set)")
+            )
         if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+            problems.append(("reconnect_max_s", "must be >= reconnect_min_s"))
+        if problems:
+            raise _Problems(*problems)
         return self
 
     def secret(self) -> str:
@@ -91,10 +94,16 @@ def _secret(value: SecretStr | None, path: Path | None, key: str) -> str:
     if value is not None:
         return value.get_secret_value()
     assert path is not None
+    # The path is echoed (it names a mount, not a secret); the content never is.
     try:
-        return path.read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{key}: {path} is empty")
+    return secret
 
 
 class RocketMQClientConfig(_Model):
@@ -106,36 +115,54 @@ class RocketMQClientConfig(_Model):
     channel as part of the signed data, and sends nothing signed if the channel is empty.
     """
 
+    #: ``host:port;host:port``; every entry with its port, as the old check required.
     name_server: str | None = None
+    #: http(s):// URL, parsed like source.tmc.url.
     name_server_domain: str | None = None
-    access_key: str | None = None
-    secret_key: SecretStr | None = None
+    access_key: Name | None = None
+    secret_key: Secret = None
     secret_key_file: Path | None = None
     channel: str = "ALIYUN"
     #: Client instance name; default "<group>-<pid>", so clients of different groups in one
     #: process never share librocketmq's per-instance state (name servers, connections).
     instance_name: str | None = None
 
+    @field_validator("name_server")
+    @classmethod
+    def _name_server_list(cls, value: str | None) -> str | None:
+        problems = None if value is None else _address_list_problems(value, ";")
+        if problems:
+            raise ValueError(problems)
+        return value
+
+    @field_validator("name_server_domain")
+    @classmethod
+    def _address_server_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else _url_problem(value, ("http", "https"))
+        if problem is not None:
+            raise ValueError(f"{problem} (the address-server URL)")
+        return value
+
     @model_validator(mode="after")
     def _addresses_and_credentials(self) -> RocketMQClientConfig:
         if (self.name_server is None) == (self.name_server_domain is None):
             raise ValueError("set exactly one of name_server and name_server_domain")
-        if self.name_server is not None:
-            for addr in self.name_server.split(";"):
-                host, _, port = addr.strip().rpartition(":")
-                if not host or not port.isdigit():
-                    raise ValueError(f"name_server: {addr!r} is not host:port")
-        if self.name_server_domain is not None and not self.name_server_domain.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError("name_server_domain must be an http(s):// address-server URL")
+        problems = []
         has_secret = self.secret_key is not None or self.secret_key_file is not None
         if self.secret_key is not None and self.secret_key_file is not None:
-            raise ValueError("set only one of secret_key and secret_key_file")
-        if (self.access_key is None) != (not has_secret):
-            raise ValueError("access_key and secret_key (or secret_key_file) go together")
+            problems.append(("secret_key", "set only one of secret_key and secret_key_file"))
+        elif self.access_key is None and has_secret:
+            problems.append(
+                ("access_key", "access_key and secret_key (or secret_key_file) go together")
+            )
+        elif self.access_key is not None and not has_secret:
+            problems.append(
+                ("secret_key", "access_key and secret_key (or secret_key_file) go together")
+            )
         if not self.channel.strip():
-            raise ValueError("channel must not be empty (the client signs nothing without it)")
+            problems.append(("channel", "must not be empty (the client signs nothing without it)"))
+        if problems:
+            raise _Problems(*problems)
         return self
 
     def credentials(self, key: str) -> tuple[str, str, str] | None:
@@ -153,11 +180,11 @@ class OnsSourceConfig(RocketMQClientConfig):
     """
 
     #: Consumer group (Jushita requires the ``CID_`` prefix there; any name locally).
-    group_id: str
+    group_id: Name
     #: One topic per app on Jushita: ``rmq_sys_jst_<appkey>``.
-    topics: list[str] = Field(min_length=1)
+    topics: list[Name] = Field(min_length=1)
     #: Subscription expression: ``*`` or TMC topic names joined with ``||``.
-    tag_expression: str = "*"
+    tag_expression: Name = "*"
     channel: str = "CLOUD"
     #: One consumer thread per queue, in queue order; a failure suspends the queue
     #: and retries locally instead of sending the message back with a delay.
@@ -199,17 +226,45 @@ def _one_section(where: str, kind: str, sections: dict[str, object]) -> None:
 class KafkaSinkConfig(_Model):
     """Transactional confluent-kafka producer."""
 
+    #: ``host[:port],host[:port]``, IPv6 in brackets, optional ``protocol://`` prefix. The
+    #: port may be left out as librdkafka allows (9092); when given it must be 1..65535.
     bootstrap_servers: str
     #: Stable per replica (e.g. contains the pod name) so a restart fences its old self.
-    transactional_id: str
+    #: Blank is refused: librdkafka takes "" as "no transactions" without a word.
+    transactional_id: Name
     #: raw: the TMC content as received; envelope: JSON with TMC fields, ids as strings.
     value_format: Literal["raw", "envelope"] = "raw"
-    transaction_timeout_ms: PositiveInt = 60_000
+    #: librdkafka refuses less than 1000 ms; the broker caps it (transaction.max.timeout.ms).
+    transaction_timeout_ms: Annotated[int, Field(ge=1000)] = 60_000
     #: How long one commit/abort call may block before it is retried.
     commit_timeout_s: PositiveFloat = 30.0
     #: Pass-through librdkafka settings (e.g. security.protocol, sasl.*). Values are
     #: treated as secrets in every message the bridge prints.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap_list(cls, value: str) -> str:
+        problems = _address_list_problems(
+            value, ",", port_required=False, prefixes=_KAFKA_PROTOCOLS
+        )
+        if problems:
+            raise ValueError(problems)
+        return value
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _scalar_values(cls, value: Any) -> Any:
+        # One clear line per bad property instead of one per member of the value union.
+        if isinstance(value, dict):
+            bad = [
+                (str(key), "must be a string, number or boolean")
+                for key, item in value.items()
+                if not isinstance(item, str | int | float | bool)
+            ]
+            if bad:
+                raise _Problems(*bad)
+        return value
 
     @field_validator("extra")
     @classmethod
@@ -217,10 +272,37 @@ class KafkaSinkConfig(_Model):
         cls, value: dict[str, str | int | float | bool]
     ) -> dict[str, str | int | float | bool]:
         owned = {"transactional.id", "bootstrap.servers", "enable.idempotence"}
-        clash = owned & set(value)
-        if clash:
-            raise ValueError(f"{sorted(clash)} are set by the bridge; use the named options")
+        problems = [
+            (key, "is set by the bridge; use the named sink.kafka options")
+            for key in value
+            if key in owned
+        ]
+        # confluent-kafka's callables (error_cb, logger, ...) cannot come from YAML.
+        problems += [
+            (key, "is a callback of the Python client; a configuration value cannot be one")
+            for key in value
+            if key.endswith("_cb") or key in ("logger", "on_delivery", "on_commit")
+        ]
+        if problems:
+            raise _Problems(*problems)
         return value
+
+    @model_validator(mode="after")
+    def _prefixes_match_protocol(self) -> KafkaSinkConfig:
+        # librdkafka drops a bootstrap server whose protocol:// differs from
+        # security.protocol, with nothing but a log line.
+        protocol = str(self.extra.get("security.protocol", "plaintext")).lower()
+        for raw in self.bootstrap_servers.split(","):
+            scheme, sep, _ = raw.strip().partition("://")
+            if sep and scheme.lower() != protocol:
+                raise _Problems(
+                    (
+                        "bootstrap_servers",
+                        f"{raw.strip()!r}: the protocol prefix does not match "
+                        "security.protocol (plaintext unless sink.kafka.extra sets it)",
+                    )
+                )
+        return self
 
 
 class RocketMQSinkConfig(RocketMQClientConfig):
@@ -233,7 +315,7 @@ class RocketMQSinkConfig(RocketMQClientConfig):
     #: Producer group. In transactional mode the broker asks this group about half
     #: messages whose outcome it never heard, so it must be stable and unique per
     #: replica (like Kafka's transactional_id), and the journal must outlive restarts.
-    producer_group: str
+    producer_group: Name
     value_format: Literal["raw", "envelope"] = "raw"
     send_timeout_ms: PositiveInt = 3_000
     #: Attempts per record beyond the first before the batch is handed back for a retry.
@@ -285,6 +367,8 @@ class RoutingConfig(_Model):
     ``toYaml``) would otherwise move ``"*"`` first and route everything there.
     """
 
+    #: Never empty: with no route every message would be dead-lettered as "no route".
+    #: Target names are checked against the sink's topic rule (BridgeConfig).
     topics: dict[str, str] = Field(default_factory=lambda: {"*": "tmc.messages"})
     keys: dict[str, list[str]] = Field(
         default_factory=lambda: {
@@ -299,6 +383,9 @@ class RoutingConfig(_Model):
     dead_letter_topic: str = "tmc.dlq"
     #: A dead-lettered value is cut to this size (a too-large record must still fit).
     dead_letter_max_value_bytes: PositiveInt = 64 * 1024
+    #: Content nested deeper than this (objects and arrays) is dead-lettered unparsed:
+    #: TMC contents are a few levels deep, and a hostile depth must not reach the parser.
+    max_json_depth: Annotated[int, Field(gt=0, le=500)] = 64
 
     @field_validator("topics", "keys", mode="before")
     @classmethod
@@ -315,12 +402,29 @@ class RoutingConfig(_Model):
             merged[pattern] = target
         return merged
 
+    @field_validator("topics")
+    @classmethod
+    def _some_route(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError(
+                "map at least one pattern to a topic (with no route, every message would "
+                "be dead-lettered as 'no route'); use \"*\" for all"
+            )
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("a pattern is empty")
+        return value
+
     @field_validator("keys")
     @classmethod
     def _non_empty_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        problems = []
         for pattern, fields in value.items():
             if not fields:
-                raise ValueError(f"{pattern!r}: list at least one field")
+                problems.append((pattern, "list at least one field"))
+            elif any(not field.strip() for field in fields):
+                problems.append((pattern, "a field name is empty"))
+        if problems:
+            raise _Problems(*problems)
         return value
 
 
@@ -343,6 +447,12 @@ class PipelineConfig(_Model):
     sink_probe_interval_s: PositiveFloat = 10.0
     #: /readyz reports the sink stalled when one batch has been in it this long.
     sink_stall_s: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> PipelineConfig:
+        if self.retry_backoff_max_s < self.retry_backoff_min_s:
+            raise _Problems(("retry_backoff_max_s", "must be >= retry_backoff_min_s"))
+        return self
 
 
 class LogConfig(_Model):
@@ -373,66 +483,28 @@ class BridgeConfig(_Model):
 
     @model_validator(mode="after")
     def _sink_topic_names(self) -> BridgeConfig:
-        if self.sink.type == "rocketmq":
-            names = [*self.routing.topics.values(), self.routing.dead_letter_topic]
-            for name in names:
-                if not _ROCKETMQ_TOPIC.match(name):
-                    raise ValueError(
-                        f"routing: {name!r} is not a valid RocketMQ topic name "
-                        "(letters, digits, _ - % |; no dots; at most 127 characters)"
+        # Checked here, not at send time: a bad name would dead-letter every message of
+        # its route (or fail the dead-letter topic itself).
+        names = [(f"routing.topics.{p}", name) for p, name in self.routing.topics.items()]
+        names.append(("routing.dead_letter_topic", self.routing.dead_letter_topic))
+        problems = []
+        for key, name in names:
+            if self.sink.type == "rocketmq" and not _ROCKETMQ_TOPIC.match(name):
+                problems.append(
+                    (
+                        key,
+                        f"{name!r} is not a valid RocketMQ topic name "
+                        "(letters, digits, _ - % |; no dots; at most 127 characters)",
                     )
+                )
+            if self.sink.type == "kafka" and (not _KAFKA_TOPIC.match(name) or name in (".", "..")):
+                problems.append(
+                    (
+                        key,
+                        f"{name!r} is not a valid Kafka topic name "
+                        "(letters, digits, . _ -; at most 249 characters; not . or ..)",
+                    )
+                )
+        if problems:
+            raise _Problems(*problems)
         return self
-
-
-def interpolate(node: Any, env: dict[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
-    if isinstance(node, dict):
-        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
-    if isinstance(node, str):
-
-        def repl(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in env and env[name] != "":
-                return env[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"{path}: environment variable {name} is not set")
-
-        return _ENV_REF.sub(repl, node)
-    return node
-
-
-def _format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "invalid configuration:\n" + "\n".join(lines)
-
-
-def parse(data: Any, env: dict[str, str] | None = None) -> BridgeConfig:
-    """Validate a parsed YAML document. Raises ConfigError naming every bad key."""
-    if not isinstance(data, dict):
-        raise ConfigError("invalid configuration: the top level must be a mapping")
-    resolved = interpolate(data, dict(os.environ) if env is None else env)
-    try:
-        return BridgeConfig.model_validate(resolved)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
-
-
-def load(path: Path, env: dict[str, str] | None = None) -> BridgeConfig:
-    """Read and validate a YAML config file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse(data, env)

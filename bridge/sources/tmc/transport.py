@@ -1,0 +1,115 @@
+"""What the TMC connection needs of WebSocket beyond the ``websockets`` defaults.
+
+**Frames over the size limit are skipped, not fatal.** With ``max_size`` the library fails
+the whole connection (Close 1009) on a message over the limit. For TMC that is a loop:
+the server pushes the same message again after the reconnect, the connection fails
+again, and everything queued behind it waits. Here a single frame over the limit is
+read through in chunks and dropped as it arrives (memory stays bounded), and the
+application receives a short stand-in instead: :data:`OVERSIZED_MAGIC`, the declared
+size, and the first :data:`HEAD_BYTES` of the frame, from which the TMC session can
+still read the token, ``__kind`` and ``id`` to dead-letter and confirm the message.
+
+A *fragmented* message that grows over the limit still fails the connection with 1009,
+as the library would: the TMC server sends one unfragmented frame per message (the
+official Java client even drops fragments), so only a broken server fragments at all.
+
+This relies on three documented-by-code seams of websockets' Sans-I/O protocol (its
+``reader``, the ``parse`` generator it drives, and ``recv_frame``); the pinned version
+range in pyproject.toml is the one the unit tests exercise against a real server.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Generator
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.streams import StreamReader
+
+#: Starts the stand-in for a skipped frame. A TMC frame starts with version byte 2, so a
+#: real server's frame is never taken for one.
+OVERSIZED_MAGIC = b"\xff\x00tmc-bridge:oversized\x00"
+#: How much of a skipped frame is kept for the session to find the message id in.
+HEAD_BYTES = 64 * 1024
+_SIZE = struct.Struct("<q")
+
+
+def oversized(data: bytes) -> tuple[int, bytes] | None:
+    """(declared size, head) when ``data`` is the stand-in of a skipped frame."""
+    if not data.startswith(OVERSIZED_MAGIC):
+        return None
+    start = len(OVERSIZED_MAGIC)
+    return _SIZE.unpack_from(data, start)[0], data[start + _SIZE.size :]
+
+
+class _SkippingReader(StreamReader):
+    """A StreamReader whose payload reads over ``limit`` keep a head and drop the rest.
+
+    Only payload reads can be that large (frame headers are read 2-8 bytes at a time),
+    and only once the handshake is over (``active``), so the HTTP response is untouched.
+    """
+
+    def __init__(self, limit: int, active: Callable[[], bool]) -> None:
+        super().__init__()
+        self._limit = limit
+        self._active = active
+
+    def read_exact(self, n: int) -> Generator[None, None, bytearray]:
+        if n <= self._limit or not self._active():
+            return (yield from super().read_exact(n))
+        keep = min(self._limit, HEAD_BYTES)
+        head = yield from super().read_exact(keep)
+        left = n - keep
+        while left:
+            # Drop what has arrived so far, without copying it anywhere.
+            while not self.buffer:
+                if self.eof:
+                    raise EOFError(f"stream ended {left} bytes before the end of a frame")
+                yield
+            step = min(left, len(self.buffer))
+            del self.buffer[:step]
+            left -= step
+        return bytearray(OVERSIZED_MAGIC + _SIZE.pack(n)) + head
+
+
+def _limit_frames(protocol: ClientProtocol, limit: int) -> None:
+    """Give ``protocol`` the skipping reader; called before it has read any byte."""
+    # No compression, ever: an inflating extension would turn a small frame into an
+    # unbounded message past the reader's limit (and no TMC client negotiates one).
+    protocol.available_extensions = None
+    # No library limit on a single frame (the reader enforces it by skipping)...
+    protocol.max_message_size = None
+    protocol.max_fragment_size = None
+    protocol.reader = _SkippingReader(limit, lambda: protocol.state is State.OPEN)
+    # ...and the parser restarted, so that it reads from the new reader.
+    protocol.parser = protocol.parse()
+    next(protocol.parser)
+    recv_frame = protocol.recv_frame
+
+    def bounded_recv_frame(frame: Frame) -> None:
+        # ...but fragments of one message still add up to at most the limit.
+        current = protocol.current_size or 0
+        if frame.opcode is Opcode.CONT and current + len(frame.data) > limit:
+            raise PayloadTooBig(len(frame.data), limit - current)
+        recv_frame(frame)
+
+    # The parse loop looks the method up on the instance, and turns PayloadTooBig into
+    # a Close 1009, exactly as for its own limit.
+    setattr(protocol, "recv_frame", bounded_recv_frame)  # noqa: B010
+
+
+def connection_class(max_frame_bytes: int) -> type[ClientConnection]:
+    """A ClientConnection for ``websockets.asyncio.client.connect(create_connection=...)``
+    whose frames over ``max_frame_bytes`` are skipped (see the module docstring)."""
+
+    class TmcConnection(ClientConnection):
+        def __init__(self, protocol: ClientProtocol, **kwargs: Any) -> None:
+            _limit_frames(protocol, max_frame_bytes)
+            super().__init__(protocol, **kwargs)
+
+    return TmcConnection
