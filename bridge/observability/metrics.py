@@ -74,6 +74,10 @@ class _TopicLabels:
             return topic
         if len(self._known) >= MAX_TOPIC_LABELS:
             return OTHER_TOPIC
+        if not topic.isascii():
+            # A lone surrogate (JSON can escape one) in a label would break every later
+            # scrape: /metrics is rendered as UTF-8.
+            topic = topic.encode("utf-8", "replace").decode("utf-8")
         self._known.add(topic)
         return topic
 

@@ -21,16 +21,17 @@ import re
 from collections.abc import Callable
 
 from bridge.config import RoutingConfig
+from bridge.headers import (
+    H_DLQ_REASON,
+    H_DLQ_TARGET,
+    H_DLQ_TRUNCATED,
+    H_MESSAGE_ID,
+    H_PUBLISH_TIME,
+    H_PUBLISHER,
+    H_TOPIC,
+    H_USER_ID,
+)
 from bridge.model import OutRecord, SourceMessage
-
-H_TOPIC = "tmc.topic"
-H_MESSAGE_ID = "tmc.message_id"
-H_USER_ID = "tmc.user_id"
-H_PUBLISH_TIME = "tmc.publish_time_ms"
-H_PUBLISHER = "tmc.publisher"
-H_DLQ_REASON = "tmc.dlq.reason"
-H_DLQ_TARGET = "tmc.dlq.target_topic"
-H_DLQ_TRUNCATED = "tmc.dlq.truncated"
 
 
 def _matcher(patterns: list[str]) -> Callable[[str], int | None]:
@@ -165,8 +166,9 @@ class Router:
 
 
 _RULE_CACHE_MAX = 10_000
-#: Longest key the bridge accepts: ids are int64 (19 digits); this leaves room, no more.
-_KEY_MAX_CHARS = 40
+#: Keys are order, refund and item ids: non-negative, at most 20 digits (uint64).
+_KEY_MAX_CHARS = 20
+_KEY_LIMIT = 10**_KEY_MAX_CHARS
 #: Strings (with their escapes) and brackets: enough to measure nesting outside strings.
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
@@ -217,10 +219,9 @@ def _key(body: dict[str, object], fields: list[str]) -> tuple[str | None, str]:
         if value is None:
             continue
         if isinstance(value, int) and not isinstance(value, bool):
-            text = str(value)
-            if len(text) <= _KEY_MAX_CHARS:
-                return text, ""
-            return None, f"key field {name!r} is an integer of {len(text)} digits, not an id"
+            if 0 <= value < _KEY_LIMIT:
+                return str(value), ""
+            return None, f"key field {name!r} is {str(value)[:40]}, not an id (0 ≤ id < 10^20)"
         if isinstance(value, str):
             text = value.strip()
             # ASCII only: str.isdigit() is also true for "²" and other Unicode digits.

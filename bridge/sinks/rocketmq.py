@@ -37,8 +37,8 @@ import structlog
 from bridge import rocketmq_sdk as sdk
 from bridge.config import RocketMQSinkConfig
 from bridge.errors import BridgeError, SinkError, SinkStopped
+from bridge.headers import H_MESSAGE_ID, H_TOPIC
 from bridge.model import OutRecord
-from bridge.pipeline.routing import H_MESSAGE_ID, H_TOPIC
 from bridge.sinks.journal import Journal
 
 log = structlog.get_logger("bridge.sink.rocketmq")

@@ -35,6 +35,14 @@ import structlog
 
 from bridge import rocketmq_sdk as sdk
 from bridge.config import OnsSourceConfig
+from bridge.headers import (
+    H_ONS_BORN,
+    H_ONS_KEYS,
+    H_ONS_MSG_ID,
+    H_ONS_QUEUE,
+    H_ONS_RECONSUME,
+    H_ONS_TAGS,
+)
 from bridge.model import Delivery, SourceMessage
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.routing import json_too_deep
@@ -42,12 +50,6 @@ from bridge.pipeline.routing import json_too_deep
 log = structlog.get_logger("bridge.source.ons")
 
 SOURCE = "ons"
-H_ONS_MSG_ID = "ons.msg_id"
-H_ONS_TAGS = "ons.tags"
-H_ONS_KEYS = "ons.keys"
-H_ONS_RECONSUME = "ons.reconsume_times"
-H_ONS_QUEUE = "ons.queue"
-H_ONS_BORN = "ons.born_timestamp"
 
 
 _INT64_MAX = 2**63 - 1
@@ -139,6 +141,11 @@ def _map_body(raw: bytes, base: SourceMessage) -> None:
     topic, content = body.get("topic"), body.get("content")
     if not isinstance(topic, str) or not topic:
         raise _BadBody("ONS body has no 'topic'")
+    if not topic.isascii():
+        try:
+            topic.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadBody("ONS body 'topic' holds a lone surrogate, not text") from None
     base.topic = topic
     if isinstance(content, dict | list):
         content = json.dumps(content, ensure_ascii=False, separators=(",", ":"))

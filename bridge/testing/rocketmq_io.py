@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from bridge import rocketmq_sdk as sdk
-from bridge.pipeline.routing import H_MESSAGE_ID
+from bridge.headers import H_MESSAGE_ID
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event
 from bridge.tools.harness import Arrived
 

@@ -14,11 +14,12 @@ from bridge import config as cfgmod
 from bridge import rocketmq_sdk as sdk
 from bridge.config import RocketMQSinkConfig, RoutingConfig
 from bridge.errors import ConfigError, SinkError
+from bridge.headers import H_MESSAGE_ID, H_ONS_MSG_ID, H_TOPIC
 from bridge.model import OutRecord
-from bridge.pipeline.routing import H_MESSAGE_ID, H_TOPIC, Router
+from bridge.pipeline.routing import Router
 from bridge.sinks.journal import Journal
 from bridge.sinks.rocketmq import RocketMQSink, to_message
-from bridge.sources.ons import H_ONS_MSG_ID, to_source_message
+from bridge.sources.ons import to_source_message
 
 TMC = {"app_key": "1", "app_secret": "s", "url": "ws://x/"}
 RMQ = {"name_server": "127.0.0.1:9876", "producer_group": "g"}

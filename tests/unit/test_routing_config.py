@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from bridge import config as cfgmod
 from bridge.config import RoutingConfig
 from bridge.errors import ConfigError
+from bridge.headers import H_DLQ_REASON, H_MESSAGE_ID, H_TOPIC
 from bridge.model import SourceMessage
-from bridge.pipeline.routing import H_DLQ_REASON, H_MESSAGE_ID, H_TOPIC, Router
+from bridge.pipeline.routing import Router
 
 ROOT = Path(__file__).parent.parent.parent
 

@@ -263,7 +263,8 @@ def _read_raw(buf: bytes, pos: int, size: int, key: str, what: str = "value") ->
 
 def _counted(text: str | None) -> bytes:
     # An empty or null string is the four bytes 00 00 00 00, never the 1-byte tmcpy form (§4.4).
-    raw = text.encode("utf-8") if text else b""
+    # "replace": a lone surrogate (e.g. in a failure reason) must not make a frame unwritable.
+    raw = text.encode("utf-8", "replace") if text else b""
     return _I32.pack(len(raw)) + raw
 
 

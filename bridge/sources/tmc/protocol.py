@@ -278,7 +278,9 @@ def _int_field(frame: Frame, key: str) -> int | None:
         return data
     if value.fmt is Fmt.STRING:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-        if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
+        # Length after leading zeros: "000…1" is a small id, and int() never sees more
+        # than 19 significant digits.
+        if text and len(text.lstrip("0")) <= 19 and text.isascii() and text.isdigit():
             number = int(text)
             if number <= INT64_MAX:
                 return number
@@ -296,8 +298,10 @@ def _str_field(frame: Frame, key: str) -> str | None:
 
 
 def _inflate(raw: bytes, limit: int) -> bytes:
-    """Gunzip ``raw`` (one or more members, like Java's GZIPInputStream), refusing to
-    produce more than ``limit`` bytes: a small bomb must not take the pod's memory."""
+    """Gunzip ``raw``, refusing to produce more than ``limit`` bytes: a small bomb must
+    not take the pod's memory. Like Java's GZIPInputStream, concatenated members are
+    read in turn and bytes after the last member that do not start another one are
+    ignored."""
     out: list[bytes] = []
     total = 0
     data = raw
@@ -313,8 +317,11 @@ def _inflate(raw: bytes, limit: int) -> bytes:
         if not inflater.eof:
             raise _BadField("gzip content is truncated")
         data = inflater.unused_data
-        if not data:
+        if not data.startswith(_GZIP_MAGIC):
             return b"".join(out)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _content(frame: Frame, limit: int) -> bytes:
@@ -481,7 +488,7 @@ class ServerSession:
             raise ProtocolError("SEND without __kind")
         if kind.fmt is not Fmt.BYTE and self.strict:
             raise ProtocolError(f"__kind has format {kind.fmt.name}, expected Byte")
-        kind_value = int(kind.data) if isinstance(kind.data, int | str) else -1
+        kind_value = _kind_value(kind.data)
         if kind_value == Kind.PULL_REQUEST:
             return PullRequest()
         if kind_value in (Kind.CONFIRM, Kind.FAILED):
@@ -508,9 +515,11 @@ class ServerSession:
                 raise ProtocolError(f"CONNECT without {key!r}")
             fields[key] = value
         secret = self._secrets.get(fields["app_key"])
+        # Bytes, not str: compare_digest refuses non-ASCII text, and a sign is whatever
+        # the client sent.
         sign_ok = secret is not None and hmac.compare_digest(
-            sign(secret, fields["app_key"], fields["group_name"], fields["timestamp"]),
-            fields["sign"].upper(),
+            sign(secret, fields["app_key"], fields["group_name"], fields["timestamp"]).encode(),
+            fields["sign"].upper().encode("utf-8", "replace"),
         )
         return ConnectRequest(
             app_key=fields["app_key"],
@@ -552,6 +561,16 @@ class ServerSession:
         if not self.online:
             raise ProtocolError("cannot push before the session is online")
         return self._push_head + body + b"\x00\x00"
+
+
+def _kind_value(data: object) -> int:
+    """``__kind`` as an int: any integer format, or (lenient, tmc.js style) a String of
+    one or two ASCII digits; anything else is -1, an unknown kind."""
+    if isinstance(data, int):
+        return data
+    if isinstance(data, str) and 0 < len(data) <= 2 and data.isascii() and data.isdigit():
+        return int(data)
+    return -1
 
 
 def push_static(

@@ -1,0 +1,26 @@
+"""Names of the headers (Kafka) and user properties (RocketMQ) the bridge writes.
+
+Shared by the router that sets them, the sinks that read some back (the RocketMQ journal
+keys by message id) and the sources that add their own; no adapter imports another for a
+name. The ``tmc.*`` names are the record's metadata whatever the source (an ONS message
+carries the same TMC event), so consumers read one schema.
+"""
+
+from __future__ import annotations
+
+H_TOPIC = "tmc.topic"
+H_MESSAGE_ID = "tmc.message_id"
+H_USER_ID = "tmc.user_id"
+H_PUBLISH_TIME = "tmc.publish_time_ms"
+H_PUBLISHER = "tmc.publisher"
+H_DLQ_REASON = "tmc.dlq.reason"
+H_DLQ_TARGET = "tmc.dlq.target_topic"
+H_DLQ_TRUNCATED = "tmc.dlq.truncated"
+
+#: Source-specific metadata of the ONS source (the RocketMQ message it came from).
+H_ONS_MSG_ID = "ons.msg_id"
+H_ONS_TAGS = "ons.tags"
+H_ONS_KEYS = "ons.keys"
+H_ONS_RECONSUME = "ons.reconsume_times"
+H_ONS_QUEUE = "ons.queue"
+H_ONS_BORN = "ons.born_timestamp"

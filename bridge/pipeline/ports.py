@@ -1,0 +1,135 @@
+"""The ports: what the pipeline needs of a source, a sink and a committed-ids store.
+
+Every adapter is written against these and nothing else of the engine:
+
+* a **source** hands the pipeline :class:`~bridge.model.Delivery` objects through a
+  :data:`Submit` callable and settles each through its :class:`Ack`;
+* a **sink** writes one :class:`Batch` at a time and answers with the records it refused
+  for good (:class:`Refused`), or raises :class:`~bridge.errors.SinkError`;
+* a **committed-ids store** remembers which messages were committed, so a redelivery is
+  confirmed without being written again.
+
+The contracts, stated once:
+
+* ``Ack.confirm()`` is called only after the sink's ``write_batch`` returned without
+  refusals for the batch holding the message; ``Ack.fail(reason)`` only for messages of
+  a batch that was not committed. Neither blocks the event loop.
+* ``write_batch`` commits all records of the batch or none. A batch that raised, or
+  that came back with refusals, is not committed; the engine replaces the refused
+  records (by their dead letters) and calls ``write_batch`` again **with the same**
+  :class:`Batch` **object** (same ``seq``), so a sink may resume where the previous
+  attempt stopped (the RocketMQ sink skips records already acknowledged). A new ``seq``
+  means a new batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.model import Ack, Delivery, OutRecord
+
+#: Hands one delivery to the pipeline; waits while the pipeline is full (back-pressure).
+Submit = Callable[[Delivery], Awaitable[None]]
+
+#: Identifies a message across redeliveries: (source name, message id).
+MessageKey = tuple[str, int]
+
+_batch_seq = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Batch:
+    """One batch, the same object on every attempt: ``records[i]`` may be swapped for its
+    dead letter between attempts, ``seq`` never changes."""
+
+    records: list[OutRecord]
+    seq: int = field(default_factory=lambda: next(_batch_seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Record ``index`` of the batch was refused for good (too large, invalid): no retry
+    can help, so the engine dead-letters it with ``reason`` and tries the batch again."""
+
+    index: int
+    reason: str
+
+
+class Source(Protocol):
+    """What the bridge needs of a source (TMC WebSocket, ONS push consumer)."""
+
+    def problem(self) -> str | None:
+        """Why the source is not logged in (TMC: no connection is) or not started (ONS),
+        for /readyz; None when it is."""
+        ...
+
+    def notes(self) -> list[str]:
+        """Things /readyz mentions while ready (e.g. the last input it had to skip)."""
+        ...
+
+    def start(self) -> None: ...
+
+    async def stop_reading(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BatchSink(Protocol):
+    """What the pipeline needs of a sink; every method may block (sink thread only)."""
+
+    name: str
+    #: Started and not known to be cut off from its broker (read from any thread).
+    ready: bool
+    #: The sink's last error, one short line without secrets (e.g. librdkafka's
+    #: "_TRANSPORT: ... Connection refused"), for /readyz; None once a write or probe
+    #: went through. Read from any thread.
+    last_error: str | None
+
+    def start(self) -> None: ...
+
+    def probe(self) -> bool:
+        """A cheap round trip to the broker while idle: True when it went through, False
+        when the client offers none (readiness then follows real writes only); raises
+        SinkError when the broker did not answer."""
+        ...
+
+    def write_batch(self, batch: Batch) -> list[Refused]:
+        """Commit every record of ``batch`` and return ``[]``; or commit nothing and
+        return the records refused for good; or commit nothing and raise SinkError."""
+        ...
+
+    def rebuild(self) -> None:
+        """Replace a client that raised a fatal SinkError."""
+        ...
+
+    def stop(self) -> None:
+        """Thread-safe: make a pending write give up at its next retry point."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class CommittedIds(Protocol):
+    """The messages known to be committed downstream. The engine asks it before taking a
+    delivery (a hit is confirmed at once, not written again) and tells it after each
+    commit. The in-memory LRU is the first implementation; a durable one plugs in here."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def add_all(self, keys: Iterable[MessageKey]) -> None: ...
+
+
+__all__ = [
+    "Ack",
+    "Batch",
+    "BatchSink",
+    "CommittedIds",
+    "Delivery",
+    "MessageKey",
+    "Refused",
+    "Source",
+    "Submit",
+]
