@@ -22,34 +22,37 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --constraint constraints.txt -e '.[dev]'
-	$(PY) -m bridge.tools.librocketmq
+	$(PY) -m bridge.rocketmq.provision
 	touch $(STAMP)
+
+# Development tooling lives in devtools/ (not installed, never imported by bridge/); the
+# targets below run it from the repository root, where it is importable.
 
 # Kafka jars from Maven Central into .cache/ (git-ignored; downloaded once).
 kafka: install
-	$(PY) -m bridge.testing.kafka_broker --download-only
+	$(PY) -m devtools.brokers.kafka --download-only
 
 # RocketMQ jars (NameServer, broker, mqadmin) from Maven Central into .cache/, the same way.
 rocketmq: install
-	$(PY) -m bridge.testing.rocketmq_broker --download-only
+	$(PY) -m devtools.brokers.rocketmq --download-only
 
 demo: install kafka
-	$(VENV)/bin/tmc-bridge demo --messages 10000
+	$(PY) -m devtools.demo --messages 10000
 
 # The same demo into a local RocketMQ (ACL on), ordered by order id.
 demo-rocketmq: install rocketmq
-	$(VENV)/bin/tmc-bridge demo --sink rocketmq --messages 10000
+	$(PY) -m devtools.demo --sink rocketmq --messages 10000
 
 lint: install
-	$(VENV)/bin/ruff check bridge tests scripts
-	$(VENV)/bin/ruff format --check bridge tests scripts
-	$(VENV)/bin/mypy --strict bridge
+	$(VENV)/bin/ruff check bridge devtools tests scripts
+	$(VENV)/bin/ruff format --check bridge devtools tests scripts
+	$(VENV)/bin/mypy --strict bridge devtools
 
 unit: install
 	$(PY) -m pytest tests/unit
 
 integration: install kafka rocketmq
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest tests/integration tests/contract
 
 $(TOOLS)/.installed:
 	$(PYTHON) -m venv $(TOOLS)/venv
@@ -84,7 +87,7 @@ test: install kafka rocketmq lint chart image-check
 	$(PY) -m pytest
 
 bench: install kafka rocketmq
-	$(PY) -m bridge.tools.bench
+	$(PY) -m devtools.bench
 
 clean:
 	rm -rf .work build *.egg-info

@@ -13,77 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
 
 import structlog
 
 from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
-from bridge.model import Delivery
 from bridge.observability.http import HealthServer
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.engine import BatchSink, Pipeline
+from bridge.pipeline.engine import Pipeline
+from bridge.pipeline.ports import BatchSink, Source, Submit
 from bridge.pipeline.routing import Router
 
 log = structlog.get_logger("bridge.app")
 
 
-class Source(Protocol):
-    """What the bridge needs of a source (TMC WebSocket, ONS push consumer)."""
-
-    def problem(self) -> str | None:
-        """Why the source is not logged in (TMC: no connection is) or not started (ONS),
-        for /readyz; None when it is."""
-        ...
-
-    def notes(self) -> list[str]:
-        """Things /readyz mentions while ready (e.g. the last input it had to skip)."""
-        ...
-
-    def start(self) -> None: ...
-
-    async def stop_reading(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
 def build_sink(config: BridgeConfig, metrics: Metrics) -> BatchSink:
-    # Imported here so a Kafka bridge never loads librocketmq, and the other way round.
-    if config.sink.type == "rocketmq":
-        from bridge.sinks.rocketmq import RocketMQSink
-
-        return RocketMQSink(config.sink.rocketmq_config)
-    from bridge.sinks.kafka import KafkaSink
-
-    # The probe asks for the dead-letter topic's metadata: a topic the bridge may write
-    # to anyway, and one small answer instead of the whole cluster's topic list.
-    return KafkaSink(
-        config.sink.kafka_config, metrics=metrics, probe_topic=config.routing.dead_letter_topic
-    )
+    """The sink ``sink.type`` names, from the registry (its module is imported only now,
+    so a Kafka bridge never loads librocketmq, and the other way round)."""
+    return config.sink_kind.build(config.sink.selected, metrics, config.routing.dead_letter_topic)
 
 
-def build_source(
-    config: BridgeConfig,
-    submit: Callable[[Delivery], Coroutine[Any, Any, None]],
-    metrics: Metrics,
-) -> Source:
-    if config.source.type == "ons":
-        from bridge.sources.ons import OnsSource
-
-        return OnsSource(config.source.ons_config, submit, metrics=metrics)
-    from bridge.sources.tmc.client import TmcSource
-
-    return TmcSource(config.source.tmc_config, submit, metrics=metrics)
+def build_source(config: BridgeConfig, submit: Submit, metrics: Metrics) -> Source:
+    """The source ``source.type`` names, from the registry."""
+    return config.source_kind.build(config.source.selected, submit, metrics)
 
 
 def describe(config: BridgeConfig) -> dict[str, object]:
     """Source and sink in a few log fields (no secrets)."""
     fields: dict[str, object] = {"source": config.source.type, "sink": config.sink.type}
-    if config.source.tmc is not None:
-        fields.update(group=config.source.tmc.group, connections=config.source.tmc.connections)
-    if config.source.ons is not None:
-        fields.update(group=config.source.ons.group_id, topics=config.source.ons.topics)
+    fields.update(config.source_kind.log_fields(config.source.selected))
     return fields
 
 
@@ -93,7 +51,7 @@ class Bridge:
     def __init__(self, config: BridgeConfig, *, sink: BatchSink | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.router = Router(config.routing, envelope=config.sink.value_format == "envelope")
+        self.router = Router(config.routing, envelope=config.value_format == "envelope")
         self.sink: BatchSink = sink or build_sink(config, self.metrics)
         self.pipeline = Pipeline(
             config.pipeline,

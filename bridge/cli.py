@@ -1,7 +1,7 @@
-"""``tmc-bridge`` command line: run, check-config, simulate, demo.
+"""``tmc-bridge`` command line: run, check-config, simulate.
 
 Exit codes: 0 ok (``run``: stopped after a complete drain), 1 runtime failure (e.g.
-the demo found a loss, or ``run`` stopped before its drain finished), 2 usage or
+``run`` stopped before its drain finished), 2 usage or
 configuration error. Errors are one readable line (or one per bad key), never a
 traceback and never a secret.
 
@@ -18,7 +18,6 @@ import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -39,14 +38,6 @@ def _load_checked(path: str) -> BridgeConfig:
     obs_logging.settings(cfg.log.level, cfg.log.format)
     config_mod.check_runtime(cfg)
     return cfg
-
-
-def _without_userinfo(url: str) -> str:
-    """The URL for printing: a ``user:password@`` part is replaced by ``***@``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -72,25 +63,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load_checked(args.config)
-    # A RocketMQ side also needs its native library (exit 1 when it is missing).
-    if cfg.source.tmc is not None:
-        tmc = cfg.source.tmc
-        source = f"tmc {_without_userinfo(tmc.url)} app_key={tmc.app_key} group={tmc.group}"
-    else:
-        ons = cfg.source.ons_config
-        address = ons.name_server or _without_userinfo(ons.name_server_domain or "")
-        source = f"ons {address} group={ons.group_id}"
-    if cfg.sink.kafka is not None:
-        kafka = cfg.sink.kafka
-        sink = f"kafka {kafka.bootstrap_servers} transactional_id={kafka.transactional_id}"
-    else:
-        rmq = cfg.sink.rocketmq_config
-        address = rmq.name_server or _without_userinfo(rmq.name_server_domain or "")
-        sink = f"rocketmq {address} mode={rmq.mode}"
-    if cfg.sink.type == "rocketmq" or cfg.source.type == "ons":
-        from bridge import rocketmq_sdk
-
-        rocketmq_sdk.ensure_library()
+    source = cfg.source_kind.summary(cfg.source.selected)
+    sink = cfg.sink_kind.summary(cfg.sink.selected)
+    # What the adapters need installed (librocketmq for a RocketMQ side): exit 1 if not.
+    cfg.source_kind.requirements()
+    cfg.sink_kind.requirements()
     print(f"config ok: {source} -> {sink} routes={len(cfg.routing.topics)}")
     return 0
 
@@ -134,12 +111,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from bridge.tools import demo
-
-    return demo.main(messages=args.messages, workdir=Path(args.workdir), sink=args.sink)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tmc-bridge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tmc-bridge {__version__}")
@@ -171,11 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sim.set_defaults(func=_cmd_simulate)
 
-    demo = sub.add_parser("demo", help="local broker + simulator + bridge, then a summary")
-    demo.add_argument("--messages", type=int, default=10_000)
-    demo.add_argument("--sink", choices=["kafka", "rocketmq"], default="kafka")
-    demo.add_argument("--workdir", default=".work/demo")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

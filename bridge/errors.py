@@ -6,8 +6,10 @@
     │   ├── FrameError         bytes that are not a valid TMC frame (codec)
     │   ├── ProtocolError      a valid frame that breaks the session rules (token, type, flag)
     │   └── LoginError         the server refused CONNECT (StatusCode / StatusPhrase)
-    └── SinkError              the sink could not commit a batch; nothing of it is committed
-        └── SinkStopped        the sink was asked to stop while a batch was open
+    ├── SinkError              the sink could not commit a batch; nothing of it is committed
+    │   └── SinkStopped        the sink was asked to stop while a batch was open
+    └── RocketMQSendError      one RocketMQ send (or client start) failed; ``permanent``
+                               when no retry can send that message
 
 Adapters classify failures; the pipeline only acts on the class: a SinkError means
 "not committed, safe to send again", and nothing in a batch that raised is ever confirmed.
@@ -59,3 +61,15 @@ class SinkError(BridgeError):
 
 class SinkStopped(SinkError):
     """The sink stopped (shutdown) before the batch was committed."""
+
+
+class RocketMQSendError(BridgeError):
+    """One RocketMQ send did not reach SEND_OK (or a client did not start).
+
+    ``permanent``: the message itself is wrong (too large, empty, illegal topic), so no
+    retry can send it; the sink refuses the record and it is dead-lettered instead.
+    """
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent

@@ -10,6 +10,6 @@ python="${PYTHON:-python3}"
 "$python" -m venv "$venv"
 "$venv/bin/pip" install --no-cache-dir --quiet --constraint constraints.txt .
 # The native library of rocketmq-client-python (pinned wheel, SHA-256 checked).
-"$venv/bin/python" -m bridge.tools.librocketmq --cache "${TMPDIR:-/tmp}/librocketmq-wheel"
-"$venv/bin/python" -m bridge.tools.librocketmq --check
+"$venv/bin/python" -m bridge.rocketmq.provision --cache "${TMPDIR:-/tmp}/librocketmq-wheel"
+"$venv/bin/python" -m bridge.rocketmq.provision --check
 "$venv/bin/tmc-bridge" --version

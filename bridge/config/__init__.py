@@ -13,6 +13,9 @@ Rules a user can rely on:
   from a file (``*_file``), e.g. a mounted Kubernetes Secret.
 * ``source.type`` / ``sink.type`` pick the adapter; exactly the section of that name must
   be present (``source.tmc`` or ``source.ons``, ``sink.kafka`` or ``sink.rocketmq``).
+  Both sections are built from :mod:`bridge.registry`: each adapter brings its own
+  config model (``bridge/sources/tmc/config.py``, ``bridge/sinks/kafka_config.py``, …);
+  this package holds the bridge's own sections, loading and the checks beyond the file.
 
 Decisions about broken input (everything is refused at check time, exit code 2):
 
@@ -45,18 +48,21 @@ from bridge.config.loading import interpolate, load, parse
 from bridge.config.models import (
     BridgeConfig,
     HttpConfig,
-    KafkaSinkConfig,
     LogConfig,
-    OnsSourceConfig,
     PipelineConfig,
-    RocketMQClientConfig,
-    RocketMQSinkConfig,
     RoutingConfig,
+    Section,
     SinkConfig,
     SourceConfig,
-    TmcSourceConfig,
 )
 from bridge.config.runtime import check_runtime
+
+# Each adapter's own model, re-exported for callers that build one directly (tests).
+from bridge.rocketmq.config import RocketMQClientConfig
+from bridge.sinks.kafka_config import KafkaSinkConfig
+from bridge.sinks.rocketmq_config import RocketMQSinkConfig
+from bridge.sources.ons_config import OnsSourceConfig
+from bridge.sources.tmc.config import TmcSourceConfig
 
 __all__ = [
     "BridgeConfig",
@@ -68,6 +74,7 @@ __all__ = [
     "RocketMQClientConfig",
     "RocketMQSinkConfig",
     "RoutingConfig",
+    "Section",
     "SinkConfig",
     "SourceConfig",
     "TmcSourceConfig",

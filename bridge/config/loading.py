@@ -13,12 +13,13 @@ from pydantic import (
     ValidationError,
 )
 
-from bridge.config._checks import (
-    _ENV_REF,
-    _Problems,
-)
 from bridge.config.models import (
     BridgeConfig,
+)
+from bridge.config_fields import (
+    _ENV_REF,
+    _Problems,
+    _report,
 )
 from bridge.errors import ConfigError
 
@@ -58,10 +59,6 @@ def _interpolate(node: Any, env: dict[str, str], path: str, missing: list[str]) 
 
         return _ENV_REF.sub(repl, node)
     return node
-
-
-def _report(lines: list[str]) -> str:
-    return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _format_errors(exc: ValidationError) -> str:

@@ -11,11 +11,14 @@ Guarantees, and how they are kept:
 * **No duplicates from redelivery.** A redelivery of a message that is still in flight
   is folded into the first delivery (both are confirmed on commit); a redelivery of a
   message committed recently (its confirm was lost with a connection) is confirmed at
-  once from an LRU of committed ids, without writing it again.
+  once from the committed-ids store, without writing it again. These decisions are the
+  pure :class:`~bridge.pipeline.ledger.Ledger`'s; this module is the asyncio driver.
 * **Back-pressure.** :meth:`Pipeline.submit` waits while ``max_in_flight`` deliveries are
   held; sources await it before reading more, so a slow sink slows the socket reads.
 
-The blocking sink runs on one dedicated thread; the event loop never blocks on it.
+The blocking sink runs on one dedicated thread; the event loop never blocks on it. The
+sink contract is :mod:`bridge.pipeline.ports`; retries wait as :class:`~bridge.retry.Backoff`
+says.
 
 Health, for ``/readyz``: the sink is ready once started, as long as its last batch or
 idle probe went through and no batch has been stuck in it for ``sink_stall_s``. While
@@ -28,49 +31,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from bridge.config import PipelineConfig
 from bridge.errors import SinkError, SinkStopped
 from bridge.model import Delivery, OutRecord, SourceMessage
 from bridge.observability import metrics as m
+from bridge.pipeline.ledger import Admission, Ledger, LruCommittedIds, swap_refused
+from bridge.pipeline.ports import Batch, BatchSink, CommittedIds
 from bridge.pipeline.routing import Router
+from bridge.retry import Backoff
+
+if TYPE_CHECKING:
+    # A type only: the config package (YAML, the registry) is not loaded for it.
+    from bridge.config import PipelineConfig
 
 log = structlog.get_logger("bridge.pipeline")
 _T = TypeVar("_T")
-
-
-class BatchSink(Protocol):
-    """What the pipeline needs of a sink; every method may block (sink thread only)."""
-
-    name: str
-    #: Started and not known to be cut off from its broker (read from any thread).
-    ready: bool
-    #: The client's latest error, e.g. ``_TRANSPORT: ... Connection refused``, or None
-    #: (none since the last success, or the client reports none). One line, no secrets;
-    #: read from any thread, to say why the sink is not ready.
-    last_error: str | None
-
-    def start(self) -> None: ...
-
-    def probe(self) -> bool:
-        """A cheap round trip to the broker while idle: True when it went through, False
-        when the client offers none (readiness then follows real writes only); raises
-        SinkError when the broker did not answer."""
-
-    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]: ...
-
-    def rebuild(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -104,7 +86,8 @@ class Pipeline:
         router: Router,
         sink: BatchSink,
         *,
-        metrics: m.Metrics | None = None,
+        metrics: m.Metrics,
+        committed: CommittedIds | None = None,
         log_message_ids: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -112,14 +95,17 @@ class Pipeline:
         self._router = router
         self._sink = sink
         self._clock = clock
-        self.metrics = metrics or m.Metrics()
+        self.metrics = metrics
         self._log_ids = log_message_ids
-        self.metrics.in_flight.set_function(lambda: len(self._pending))
+        #: Held messages, and the committed-ids store (in memory unless one is given).
+        self._ledger: Ledger[_Entry] = Ledger(
+            committed if committed is not None else LruCommittedIds(config.dedupe_cache_size)
+        )
+        self._backoff = Backoff(config.retry_backoff_min_s, config.retry_backoff_max_s)
+        self.metrics.in_flight.set_function(lambda: len(self._ledger))
         self.metrics.sink_up(sink.name, lambda: self.sink_problem() is None)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{sink.name}-sink")
-        self._pending: dict[tuple[str, int], _Entry] = {}
         self._queue: deque[_Entry] = deque()
-        self._committed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._has_work = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
@@ -138,7 +124,7 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._ledger)
 
     @property
     def accepting(self) -> bool:
@@ -149,31 +135,31 @@ class Pipeline:
         except for a message already committed (a redelivery)."""
         msg = delivery.message
         key = (msg.source, msg.message_id)
-        if key in self._committed:
-            self.stats.duplicates_committed += 1
-            self.metrics.duplicate(msg.source, "committed")
-            for ack in delivery.acks:
-                ack.confirm()
-            return
-        entry = self._pending.get(key)
-        if entry is not None:
-            self.stats.duplicates_in_flight += 1
-            self.metrics.duplicate(msg.source, "in_flight")
-            entry.delivery.acks.extend(delivery.acks)
-            return
-        while len(self._pending) >= self._config.max_in_flight:
+        ledger = self._ledger
+        while True:
+            admission = ledger.admit(key)
+            if admission is Admission.COMMITTED:
+                self.stats.duplicates_committed += 1
+                self.metrics.duplicate(msg.source, admission.value)
+                for ack in delivery.acks:
+                    ack.confirm()
+                return
+            if admission is Admission.HELD:
+                self.stats.duplicates_in_flight += 1
+                self.metrics.duplicate(msg.source, admission.value)
+                ledger.held(key).delivery.acks.extend(delivery.acks)
+                return
+            if len(ledger) < self._config.max_in_flight:
+                break
+            # Full: wait for room, then decide again (it may have arrived meanwhile).
             self._has_room.clear()
             await self._has_room.wait()
-            if key in self._pending or key in self._committed:
-                # Arrived again while we waited: settle through the normal paths.
-                await self.submit(delivery)
-                return
         if self._closed:
             # Draining: not accepted, not confirmed; the source will redeliver it.
             return
         self.stats.received += 1
         entry = _Entry(key, delivery, self._route(msg), self._clock())
-        self._pending[key] = entry
+        ledger.hold(key, entry)
         self._queue.append(entry)
         self._has_work.set()
 
@@ -262,10 +248,12 @@ class Pipeline:
         finally:
             self._writing_since = None
 
-    async def _write_until_done(self, batch: list[_Entry]) -> bool:
-        records = [e.record for e in batch]
+    async def _write_until_done(self, entries: list[_Entry]) -> bool:
+        # The same Batch object on every attempt (the sink may resume on its seq).
+        batch = Batch([e.record for e in entries])
+        records = batch.records
         first_try = self._clock()
-        backoff = self._config.retry_backoff_min_s
+        delays = self._backoff.delays()
         sink = self._sink.name
         attempt = 0
         while True:
@@ -274,54 +262,49 @@ class Pipeline:
             attempt += 1
             started = self._writing_since = self._clock()
             try:
-                refused = await self._in_sink(self._sink.write_batch, records)
+                refused = await self._in_sink(self._sink.write_batch, batch)
             except SinkStopped:
                 self.metrics.transaction(sink, m.ABORTED)
-                log.warning("sink stopped; batch left unconfirmed", messages=len(batch))
+                log.warning("sink stopped; batch left unconfirmed", messages=len(entries))
                 return False
             except SinkError as exc:
                 self.metrics.transaction(sink, m.ABORTED)
                 self.metrics.sink_error(sink, exc.error_class)
                 self._sink_error = str(exc)
                 self.stats.batch_retries += 1
+                delay = next(delays)
                 log.warning(
                     "batch not committed, will retry",
                     error=str(exc),
                     error_class=exc.error_class,
                     fatal=exc.fatal,
-                    messages=len(batch),
-                    retry_in_s=round(backoff, 2),
+                    messages=len(entries),
+                    retry_in_s=round(delay, 2),
                 )
                 if exc.fatal and not await self._rebuild():
                     return False
                 give_up = self._config.give_up_after_s
                 if give_up and self._clock() - first_try > give_up:
-                    self._fail_back(batch, f"sink unavailable: {exc}")
+                    self._fail_back(entries, f"sink unavailable: {exc}")
                     return True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._config.retry_backoff_max_s)
+                await asyncio.sleep(delay)
                 continue
             if refused:
                 self.metrics.transaction(sink, m.ABORTED)
-                stuck = False
-                for index, reason in refused:
-                    before = records[index]
-                    records[index] = self._router.dead_letter(before, reason)
-                    stuck = stuck or records[index] is before
+                for item in refused:
                     log.warning(
                         "record refused by the sink, dead-lettering",
-                        message_id=batch[index].key[1],
-                        reason=reason,
+                        message_id=entries[item.index].key[1],
+                        reason=item.reason,
                     )
-                if stuck:
+                if swap_refused(records, refused, self._router.dead_letter):
                     # Even an empty dead letter was refused (e.g. an invalid dead-letter
                     # topic): a configuration problem. Keep trying, but not in a hot loop.
                     log.error("dead-letter record refused; check routing.dead_letter_topic")
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._config.retry_backoff_max_s)
+                    await asyncio.sleep(next(delays))
                 continue
             self._sink_error = None
-            self._settle(batch, records, self._clock() - started)
+            self._settle(entries, records, self._clock() - started)
             return True
 
     async def _rebuild(self) -> bool:
@@ -336,7 +319,6 @@ class Pipeline:
                 await asyncio.sleep(self._config.retry_backoff_max_s)
 
     def _settle(self, batch: list[_Entry], records: list[OutRecord], took_s: float) -> None:
-        cache, limit = self._committed, self._config.dedupe_cache_size
         metrics, now = self.metrics, self._clock()
         confirmed: Counter[tuple[str, str]] = Counter()
         per_topic: Counter[str] = Counter()
@@ -344,14 +326,13 @@ class Pipeline:
         for entry, record in zip(batch, records, strict=True):
             for ack in entry.delivery.acks:
                 ack.confirm()
-            del self._pending[entry.key]
-            cache[entry.key] = None
             msg = entry.delivery.message
             metrics.confirm_latency(msg.source, now - entry.arrived)
             confirmed[(msg.source, msg.topic)] += 1
             per_topic[record.topic] += 1
             if record.dead_letter_reason is not None:
                 dead_per_topic[msg.topic] += 1
+        self._ledger.settle([e.key for e in batch])
         dead = dead_per_topic.total()
         metrics.committed(
             self._sink.name,
@@ -361,8 +342,6 @@ class Pipeline:
             size=len(batch),
             took_s=took_s,
         )
-        while len(cache) > limit:
-            cache.popitem(last=False)
         self.stats.committed += len(batch)
         self.stats.dead_lettered += dead
         self.stats.batches += 1
@@ -389,10 +368,10 @@ class Pipeline:
         """
         entries = batch + list(self._queue)
         self._queue.clear()
+        self._ledger.release(e.key for e in entries)
         for entry in entries:
             for ack in entry.delivery.acks:
                 ack.fail(reason)
-            del self._pending[entry.key]
             msg = entry.delivery.message
             self.metrics.failed(msg.source, msg.topic)
         self.stats.failed_back += len(entries)

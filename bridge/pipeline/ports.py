@@ -14,12 +14,14 @@ The contracts, stated once:
 * ``Ack.confirm()`` is called only after the sink's ``write_batch`` returned without
   refusals for the batch holding the message; ``Ack.fail(reason)`` only for messages of
   a batch that was not committed. Neither blocks the event loop.
-* ``write_batch`` commits all records of the batch or none. A batch that raised, or
-  that came back with refusals, is not committed; the engine replaces the refused
-  records (by their dead letters) and calls ``write_batch`` again **with the same**
-  :class:`Batch` **object** (same ``seq``), so a sink may resume where the previous
-  attempt stopped (the RocketMQ sink skips records already acknowledged). A new ``seq``
-  means a new batch.
+* ``write_batch`` returning ``[]`` means every record of the batch is durably in the
+  broker; only then are its messages confirmed. A batch that raised, or that came back
+  with refusals, counts as not committed: the engine replaces the refused records (by
+  their dead letters) and calls ``write_batch`` again **with the same** :class:`Batch`
+  **object** (same ``seq``). A transactional sink (Kafka) shows none of a failed attempt
+  to readers; a sink that cannot (RocketMQ sends record by record) must resume on the
+  ``seq`` and not send again what the broker already acknowledged. A new ``seq`` means a
+  new batch. ``tests/contract`` holds every sink to this against the real brokers.
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ class BatchSink(Protocol):
         ...
 
     def write_batch(self, batch: Batch) -> list[Refused]:
-        """Commit every record of ``batch`` and return ``[]``; or commit nothing and
-        return the records refused for good; or commit nothing and raise SinkError."""
+        """Put every record of ``batch`` in the broker and return ``[]``; or return the
+        records refused for good; or raise SinkError (see the module docstring)."""
         ...
 
     def rebuild(self) -> None:

@@ -19,8 +19,8 @@ import fnmatch
 import json
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bridge.config import RoutingConfig
 from bridge.headers import (
     H_DLQ_REASON,
     H_DLQ_TARGET,
@@ -31,7 +31,12 @@ from bridge.headers import (
     H_TOPIC,
     H_USER_ID,
 )
+from bridge.json_depth import json_too_deep
 from bridge.model import OutRecord, SourceMessage
+
+if TYPE_CHECKING:
+    # A type only: the config package (YAML, the registry) is not loaded for it.
+    from bridge.config import RoutingConfig
 
 
 def _matcher(patterns: list[str]) -> Callable[[str], int | None]:
@@ -169,27 +174,6 @@ _RULE_CACHE_MAX = 10_000
 #: Keys are order, refund and item ids: non-negative, at most 20 digits (uint64).
 _KEY_MAX_CHARS = 20
 _KEY_LIMIT = 10**_KEY_MAX_CHARS
-#: Strings (with their escapes) and brackets: enough to measure nesting outside strings.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def json_too_deep(raw: bytes, limit: int) -> bool:
-    """True when objects/arrays in ``raw`` nest deeper than ``limit``, checked before the
-    parser sees it (deep input raises RecursionError in ``json.loads``). Counting the
-    brackets is C-speed and settles ordinary content; only content with more brackets
-    than the limit is scanned token by token."""
-    if raw.count(b"{") + raw.count(b"[") <= limit:
-        return False
-    depth = 0
-    for match in _JSON_TOKENS.finditer(raw):
-        token = match.group()
-        if token in (b"{", b"["):
-            depth += 1
-            if depth > limit:
-                return True
-        elif token in (b"}", b"]"):
-            depth -= 1
-    return False
 
 
 def _utf8_problem(exc: UnicodeDecodeError) -> str:

@@ -1,6 +1,6 @@
 """RocketMQ sink: ordered by sharding key (default) or transactional.
 
-Both modes send synchronously through :mod:`bridge.rocketmq_sdk` and return from
+Both modes send synchronously through :mod:`bridge.rocketmq.client` and return from
 :meth:`RocketMQSink.write_batch` only when every record of the batch was acknowledged
 (SEND_OK; in transactional mode, committed and journalled), so the pipeline confirms the
 source only then.
@@ -9,7 +9,7 @@ source only then.
   client picks queue ``hash(key) % queues``, so one order's events share a queue.
 * **transactional**: a half message per record; the local transaction appends the
   source message id and the half message's transaction id to the
-  :class:`~bridge.sinks.journal.Journal` and commits; the broker's check-back is
+  :class:`~bridge.sinks.rocketmq_journal.Journal` and commits; the broker's check-back is
   answered from the journal by transaction id. RocketMQ clients cannot choose the
   queue of a transactional send, so this mode gives up per-order queue placement.
 
@@ -17,39 +17,54 @@ source only then.
 key; a lane sends its records one after another, so a key's records go out in batch
 order, and a lane stops at its first failure so nothing of that key overtakes the failed
 record. The sink remembers which records of the current batch are already acknowledged:
-when the pipeline retries the batch (the same list), only the rest is sent. So a retry
-never writes a record twice, and a record the broker refused for good is reported back,
-replaced by its dead letter, and sent in its place.
+when the pipeline retries the batch (the same :class:`~bridge.pipeline.ports.Batch`, i.e.
+the same ``seq``), only the rest is sent. So a retry never writes a record twice, and a
+record the broker refused for good is reported back (:class:`~bridge.pipeline.ports.Refused`),
+replaced by its dead letter, and sent in its place. A failed send is retried
+``retries`` times within the batch, with the shared back-off (:mod:`bridge.retry`).
+
+**The local transaction hook.** Tests kill the bridge inside a local transaction, before or
+after its journal entry, to prove that the broker's check-back follows the journal. They do
+that through :data:`LocalTransactionHook`, which ``devtools.crash_bridge`` passes in;
+``tmc-bridge run`` passes none, and nothing here reads test settings from the environment.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
-import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import structlog
 
-from bridge import rocketmq_sdk as sdk
-from bridge.config import RocketMQSinkConfig
-from bridge.errors import BridgeError, SinkError, SinkStopped
+from bridge.errors import BridgeError, RocketMQSendError, SinkError, SinkStopped
 from bridge.headers import H_MESSAGE_ID, H_TOPIC
 from bridge.model import OutRecord
-from bridge.sinks.journal import Journal
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.ports import Batch, Refused
+from bridge.retry import Backoff
+from bridge.rocketmq import client as rmq
+from bridge.sinks.rocketmq_config import RocketMQSinkConfig
+from bridge.sinks.rocketmq_journal import Journal
 
 log = structlog.get_logger("bridge.sink.rocketmq")
 
 #: RocketMQ refuses empty bodies; a dead letter whose value had to be dropped (see
 #: Router.dead_letter) carries this placeholder instead. Its headers say why.
 _EMPTY_BODY = b"-"
-#: Fault injection for the crash tests: ``before_journal:N`` / ``after_journal:N`` kills
-#: the process (exit 86) inside the N-th local transaction, i.e. between the half message
-#: and its commit, before or after the journal entry. Never set in production.
-CRASH_ENV = "TMC_BRIDGE_TEST_CRASH"
+#: Between the attempts to send one record: 0.05 s, 0.1 s, ... up to 1 s (plus jitter).
+_SEND_BACKOFF = Backoff(min_s=0.05, max_s=1.0, factor=2.0)
+
+#: The two points of a local transaction (after the half message was stored, before the
+#: commit is sent) around its journal entry.
+JournalPoint = Literal["before_journal", "after_journal"]
+#: Called at both points of every local transaction, with the point and the transaction
+#: id (a test seam: ``devtools.crash_bridge`` ends the process there; production passes
+#: none). Whatever it raises fails that local transaction: its half message is left to
+#: the broker's check-back, which the journal answers.
+LocalTransactionHook = Callable[[JournalPoint, str], None]
 
 #: RocketMQ encodes properties as name\x01value\x02...; these bytes cannot appear.
 _PROPERTY_UNSAFE = str.maketrans({"\x01": " ", "\x02": " "})
@@ -68,7 +83,7 @@ def _header(record: OutRecord, name: str) -> str | None:
     return None
 
 
-def to_message(record: OutRecord) -> sdk.OutMessage:
+def to_message(record: OutRecord) -> rmq.OutMessage:
     """Tags = TMC topic; keys = order id and source message id; properties = headers."""
     message_id = _header(record, H_MESSAGE_ID)
     keys = [k for k in (record.key.decode() if record.key else None, message_id) if k]
@@ -76,7 +91,7 @@ def to_message(record: OutRecord) -> sdk.OutMessage:
         (name, value.decode("utf-8", "replace").translate(_PROPERTY_UNSAFE))
         for name, value in record.headers
     ]
-    return sdk.OutMessage(
+    return rmq.OutMessage(
         topic=record.topic,
         body=record.value or _EMPTY_BODY,
         tags=_header(record, H_TOPIC),
@@ -88,23 +103,32 @@ def to_message(record: OutRecord) -> sdk.OutMessage:
 class _Progress:
     """Which records of the batch in hand are acknowledged (see the module docstring)."""
 
-    def __init__(self, records: Sequence[OutRecord]) -> None:
-        self.records = records
-        self.done = [False] * len(records)
+    def __init__(self, batch: Batch) -> None:
+        self.seq = batch.seq
+        self.done = [False] * len(batch.records)
 
 
 class RocketMQSink:
-    """A :class:`~bridge.pipeline.engine.BatchSink` over one RocketMQ producer."""
+    """A :class:`~bridge.pipeline.ports.BatchSink` over one RocketMQ producer."""
 
     name = "rocketmq"
 
-    def __init__(self, config: RocketMQSinkConfig) -> None:
+    def __init__(
+        self,
+        config: RocketMQSinkConfig,
+        *,
+        metrics: Metrics,
+        local_transaction_hook: LocalTransactionHook | None = None,
+    ) -> None:
         self._config = config
-        self._settings = sdk.ClientSettings(
+        #: The bridge's metrics. The pipeline counts this sink's batches and errors; the
+        #: sink has no client-level series of its own (yet).
+        self._metrics = metrics
+        self._settings = rmq.ClientSettings(
             name_server=config.name_server,
             name_server_domain=config.name_server_domain,
             credentials=config.credentials("sink.rocketmq.secret_key_file"),
-            instance_name=config.instance_name or sdk.default_instance_name(config.producer_group),
+            instance_name=config.instance_name or rmq.default_instance_name(config.producer_group),
         )
         self._transactional = config.mode == "transactional"
         self._journal: Journal | None = None
@@ -114,7 +138,7 @@ class RocketMQSink:
                 segment_entries=config.journal_segment_entries,
                 fsync=config.journal_fsync,
             )
-        self._producer: sdk.Producer | sdk.TransactionalProducer | None = None
+        self._producer: rmq.Producer | rmq.TransactionalProducer | None = None
         # Transactional sends go one at a time (see write_batch): no lane threads then.
         self._lane_count = 1 if self._transactional else config.send_threads
         self._lanes = ThreadPoolExecutor(
@@ -122,8 +146,7 @@ class RocketMQSink:
         )
         self._progress: _Progress | None = None
         self._stopping = threading.Event()
-        self._crash = _crash_point(os.environ.get(CRASH_ENV, ""))
-        self._local_count = itertools.count(1)
+        self._hook = local_transaction_hook
         self.ready = False
         #: BatchSink.last_error: always None here; failed sends already show through the
         #: pipeline ("rocketmq sink failing: ...").
@@ -132,7 +155,7 @@ class RocketMQSink:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        sdk.ensure_library()
+        rmq.ensure_library()
         if self._journal is not None:
             self._journal.open()
             log.info("journal opened", path=str(self._config.journal_dir), ids=len(self._journal))
@@ -145,11 +168,11 @@ class RocketMQSink:
             name_server=self._config.name_server or self._config.name_server_domain,
         )
 
-    def _new_producer(self) -> sdk.Producer | sdk.TransactionalProducer:
+    def _new_producer(self) -> rmq.Producer | rmq.TransactionalProducer:
         cfg = self._config
-        producer: sdk.Producer | sdk.TransactionalProducer
+        producer: rmq.Producer | rmq.TransactionalProducer
         if self._journal is not None:
-            producer = sdk.TransactionalProducer(
+            producer = rmq.TransactionalProducer(
                 cfg.producer_group,
                 self._settings,
                 self._check,
@@ -158,7 +181,7 @@ class RocketMQSink:
                 check_properties=(H_MESSAGE_ID,),
             )
         else:
-            producer = sdk.Producer(
+            producer = rmq.Producer(
                 cfg.producer_group,
                 self._settings,
                 send_timeout_ms=cfg.send_timeout_ms,
@@ -166,14 +189,14 @@ class RocketMQSink:
             )
         try:
             producer.start()
-        except sdk.SendFailed as exc:
+        except RocketMQSendError as exc:
             raise BridgeError(f"RocketMQ producer did not start: {exc}") from None
         return producer
 
-    def _check(self, message: sdk.InMessage) -> bool | None:
+    def _check(self, message: rmq.InMessage) -> bool | None:
         """The broker's check-back: the journal decides, by transaction id."""
         assert self._journal is not None
-        txn = sdk.transaction_id(message)
+        txn = rmq.transaction_id(message)
         committed = self._journal.has_transaction(txn)
         log.info(
             "transaction check-back",
@@ -209,29 +232,36 @@ class RocketMQSink:
 
     # -- writing -----------------------------------------------------------------
 
-    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
-        """Send the batch; return refused records (to dead-letter) or raise SinkError."""
+    def write_batch(self, batch: Batch) -> list[Refused]:
+        """Send the batch; return refused records (to dead-letter) or raise SinkError.
+
+        A second call with the same batch (``seq``) sends only what is not acknowledged
+        yet; its refused records have been replaced by their dead letters meanwhile."""
         if self._stopping.is_set():
             raise SinkStopped("sink stopping")
-        if self._progress is None or self._progress.records is not records:
-            self._progress = _Progress(records)
+        if self._progress is None or self._progress.seq != batch.seq:
+            self._progress = _Progress(batch)
         progress = self._progress
+        records = batch.records
         lanes: dict[int, list[int]] = {}
         # Transactional sends are serialised by the client wrapper anyway (see
-        # rocketmq_sdk.TransactionalProducer); one lane keeps that explicit.
+        # bridge.rocketmq.client.TransactionalProducer); one lane keeps that explicit.
         count = self._lane_count
         for index, record in enumerate(records):
             if not progress.done[index]:
                 lanes.setdefault(_lane(record, index, count), []).append(index)
         if len(lanes) <= 1:
-            outcomes = [self._send_lane(progress, idx) for idx in lanes.values()]
+            outcomes = [self._send_lane(records, progress, idx) for idx in lanes.values()]
         else:
-            futures = [self._lanes.submit(self._send_lane, progress, idx) for idx in lanes.values()]
+            futures = [
+                self._lanes.submit(self._send_lane, records, progress, idx)
+                for idx in lanes.values()
+            ]
             outcomes = [f.result() for f in futures]
-        refused = [o for o in outcomes if isinstance(o, tuple)]
+        refused = [o for o in outcomes if isinstance(o, Refused)]
         if refused:
-            return sorted(refused)
-        errors = [o for o in outcomes if isinstance(o, sdk.SendFailed)]
+            return sorted(refused, key=lambda r: r.index)
+        errors = [o for o in outcomes if isinstance(o, RocketMQSendError)]
         if self._stopping.is_set() and not all(progress.done):
             raise SinkStopped("sink stopping")
         if errors:
@@ -245,24 +275,27 @@ class RocketMQSink:
         return []
 
     def _send_lane(
-        self, progress: _Progress, indices: list[int]
-    ) -> tuple[int, str] | sdk.SendFailed | None:
+        self, records: list[OutRecord], progress: _Progress, indices: list[int]
+    ) -> Refused | RocketMQSendError | None:
         """Send one lane in order; stop at the first failure (returned, not raised)."""
         for index in indices:
             if self._stopping.is_set():
                 return None
-            outcome = self._send_one(progress.records[index])
+            outcome = self._send_one(records[index])
             if outcome is not None:
                 if outcome.permanent:
-                    return (index, str(outcome))
+                    return Refused(index, str(outcome))
                 return outcome
             progress.done[index] = True
         return None
 
-    def _send_one(self, record: OutRecord) -> sdk.SendFailed | None:
+    def _send_one(self, record: OutRecord) -> RocketMQSendError | None:
         producer = self._producer
         if producer is None:
-            return sdk.SendFailed("producer not started", permanent=False)
+            return RocketMQSendError("producer not started", permanent=False)
+        too_large = _over_broker_limit(record.value, self._config.max_message_bytes)
+        if too_large is not None:
+            return RocketMQSendError(too_large, permanent=True)
         message = to_message(record)
         journal_id = _header(record, H_MESSAGE_ID) if self._journal is not None else None
         if (
@@ -272,42 +305,42 @@ class RocketMQSink:
         ):
             # Committed before a restart (or decided so for the next check-back).
             return None
-        attempts = self._config.retries + 1
-        failure: sdk.SendFailed | None = None
-        for attempt in range(attempts):
+        delays = _SEND_BACKOFF.delays()
+        failure: RocketMQSendError | None = None
+        for attempt in range(self._config.retries + 1):
+            if attempt > 0 and self._stopping.wait(next(delays)):
+                break
             try:
-                if isinstance(producer, sdk.TransactionalProducer):
+                if isinstance(producer, rmq.TransactionalProducer):
                     producer.send(message, self._local_transaction(journal_id))
                 else:
                     producer.send(message, record.key.decode() if record.key else None)
                 return None
-            except sdk.SendFailed as exc:
+            except RocketMQSendError as exc:
                 failure = exc
-                if exc.permanent or self._stopping.is_set():
+                if exc.permanent:
                     break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
         return failure
 
     def _local_transaction(self, journal_id: str | None) -> Callable[[str], bool]:
         journal = self._journal
         assert journal is not None
-        crash = self._crash
+        hook = self._hook
         # Records without a message id (none today: the router always sets one) are
         # journalled under 0, so their check-back still finds the transaction.
         message_id = journal_id if journal_id and journal_id.isdigit() else "0"
 
         def local(transaction_id: str) -> bool:
-            if crash is not None and next(self._local_count) == crash[1]:
-                if crash[0] == "after_journal":
-                    journal.record(message_id, transaction_id)
-                log.warning("test crash inside a local transaction", point=crash[0])
-                os._exit(86)
+            if hook is not None:
+                hook("before_journal", transaction_id)
             journal.record(message_id, transaction_id)
+            if hook is not None:
+                hook("after_journal", transaction_id)
             return True
 
         return local
 
-    def _explain(self, exc: sdk.SendFailed) -> str:
+    def _explain(self, exc: RocketMQSendError) -> str:
         text = str(exc)
         if self._settings.credentials is not None and (
             "no route info" in text.lower() or "permission" in text.lower()
@@ -317,8 +350,31 @@ class RocketMQSink:
         return text
 
 
-def _crash_point(spec: str) -> tuple[str, int] | None:
-    point, _, count = spec.partition(":")
-    if point in ("before_journal", "after_journal") and count.isdigit():
-        return point, int(count)
+#: librocketmq compresses a body of this many bytes or more (zlib, level 5) before it
+#: sends it, and the broker checks the compressed size against its maxMessageSize.
+_COMPRESS_FROM = 4096
+_COMPRESS_LEVEL = 5
+
+
+def _over_broker_limit(value: bytes, limit: int) -> str | None:
+    """Why the broker will refuse ``value`` as too large, or None.
+
+    The client checks the raw size against ``max_message_bytes`` itself; but it then
+    compresses, and an incompressible body grows by a few bytes, past a broker limit the
+    raw size was under. The broker refuses that, and librocketmq reports it as "No route
+    info of this topic", which is retriable: the batch would be retried forever. So the
+    compressed size is checked here, where it is still a permanent, dead-lettered refusal.
+    Only bodies within 1% of the limit are compressed for it (zlib never grows data more).
+    """
+    size = len(value)
+    if size > limit:
+        return f"record of {size} bytes is over sink.rocketmq.max_message_bytes ({limit})"
+    if size < _COMPRESS_FROM or size < limit * 0.99:
+        return None
+    compressed = len(zlib.compress(value, _COMPRESS_LEVEL))
+    if compressed > limit:
+        return (
+            f"record of {size} bytes is {compressed} bytes compressed, over "
+            f"sink.rocketmq.max_message_bytes ({limit})"
+        )
     return None

@@ -1,6 +1,6 @@
 """ONS source: Jushita message sync (or any RocketMQ topic carrying the same bodies).
 
-A clustering push consumer of :mod:`bridge.rocketmq_sdk` reads the topics; each message
+A clustering push consumer of :mod:`bridge.rocketmq.client` reads the topics; each message
 is mapped onto the :class:`~bridge.model.SourceMessage` the TMC source produces
 (shared/jushita-ons.md §3, §7), so routing, keys and dead-lettering work the same.
 
@@ -28,13 +28,9 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 
-from bridge import rocketmq_sdk as sdk
-from bridge.config import OnsSourceConfig
 from bridge.headers import (
     H_ONS_BORN,
     H_ONS_KEYS,
@@ -43,9 +39,12 @@ from bridge.headers import (
     H_ONS_RECONSUME,
     H_ONS_TAGS,
 )
+from bridge.json_depth import json_too_deep
 from bridge.model import Delivery, SourceMessage
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.routing import json_too_deep
+from bridge.pipeline.ports import Source, Submit
+from bridge.rocketmq import client as sdk
+from bridge.sources.ons_config import OnsSourceConfig
 
 log = structlog.get_logger("bridge.source.ons")
 
@@ -171,7 +170,8 @@ def _map_body(raw: bytes, base: SourceMessage) -> None:
 
 
 class _WaitingAck:
-    """Settled on the event loop, awaited on a librocketmq consumer thread."""
+    """The :class:`~bridge.pipeline.ports.Ack` of one message: settled on the event loop,
+    awaited on a librocketmq consumer thread."""
 
     __slots__ = ("done", "ok", "reason")
 
@@ -199,18 +199,12 @@ def _release_on_error(future: concurrent.futures.Future[None], ack: _WaitingAck)
         ack.fail(f"submit failed: {type(error).__name__}")
 
 
-class OnsSource:
+class OnsSource(Source):
     """Push consumer -> pipeline; the consumer's verdict waits for the pipeline's ack."""
 
-    def __init__(
-        self,
-        config: OnsSourceConfig,
-        submit: Callable[[Delivery], Coroutine[Any, Any, None]],
-        *,
-        metrics: Metrics | None = None,
-    ) -> None:
+    def __init__(self, config: OnsSourceConfig, submit: Submit, *, metrics: Metrics) -> None:
         self._config = config
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._metrics.connection_up("ons", 0, False)
         self._started = False
         self._start_error: str | None = None
@@ -297,7 +291,8 @@ class OnsSource:
             if message.malformed:
                 self._last_malformed = (time.monotonic(), message.malformed[:300])
                 log.warning("malformed ONS message", msg_id=msg.msg_id, reason=message.malformed)
-            future = asyncio.run_coroutine_threadsafe(self._submit(Delivery(message, [ack])), loop)
+            delivery = Delivery(message, [ack])
+            future = asyncio.run_coroutine_threadsafe(self._submit_one(delivery), loop)
             # Should submit itself fail (a bug), this thread must not wait forever for
             # an ack that will never come: RECONSUME_LATER, and the failure is logged.
             future.add_done_callback(lambda f: _release_on_error(f, ack))
@@ -310,6 +305,10 @@ class OnsSource:
                 else:
                     self.reconsume_later += 1
         return ack.ok
+
+    async def _submit_one(self, delivery: Delivery) -> None:
+        # Submit may return any awaitable; run_coroutine_threadsafe needs a coroutine.
+        await self._submit(delivery)
 
     async def stop_reading(self) -> None:
         """Hand nothing new to the pipeline; what it holds can still be confirmed."""

@@ -1,7 +1,11 @@
-"""Fixtures for tests against a real Kafka broker started by the suite (no fakes).
+"""Fixtures for tests against real brokers started by the suite (no fakes).
 
 The TMC side is the project's own simulator, in-process; the bridge runs in-process too
 (its ``Bridge`` composition root, exactly as ``tmc-bridge run`` builds it).
+
+The brokers (``kafka``; ``rocketmq``, ACL on) are started once per session, and only when a
+test asks for one. tests/contract imports these fixtures; pytest then holds one fixture
+per conftest, so both go through :func:`_shared`, which keeps one broker of each kind.
 """
 
 from __future__ import annotations
@@ -9,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -21,8 +25,10 @@ from bridge.app import Bridge
 from bridge.config import BridgeConfig
 from bridge.pipeline.engine import BatchSink
 from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
-from bridge.testing.kafka_broker import KafkaBroker
-from bridge.tools import harness
+from devtools import harness
+from devtools.brokers.kafka import KafkaBroker
+from devtools.brokers.processes import ManagedBroker
+from devtools.brokers.rocketmq import RocketMQBroker
 
 APP_KEY = "12345678"
 SECRET = "integration-secret-0123"
@@ -30,14 +36,47 @@ SECRET = "integration-secret-0123"
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+#: The RocketMQ broker's one ACL account (every request must be signed).
+ACCESS_KEY = "bridge-access-key"
+SECRET_KEY = "bridge-secret-key-0123"
+
+#: The brokers of this session, by kind: see :func:`_shared`.
+_BROKERS: dict[str, ManagedBroker] = {}
+B = TypeVar("B", bound=ManagedBroker)
+
+
+@contextlib.contextmanager
+def _shared(kind: str, make: Callable[[], B]) -> Iterator[B]:
+    """The session's broker of ``kind``: started by the first fixture instance that asks
+    (and stopped when that one is torn down, at the end of the session), reused by the
+    others (a fixture imported into another directory's conftest is a second instance)."""
+    running = _BROKERS.get(kind)
+    if running is not None:
+        yield cast(B, running)  # the same kind, hence the same class
+        return
+    broker = make()
     broker.start()
+    _BROKERS[kind] = broker
     try:
         yield broker
     finally:
+        del _BROKERS[kind]
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    with _shared("kafka", lambda: KafkaBroker(tmp_path_factory.mktemp("kafka"))) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def rocketmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RocketMQBroker]:
+    def make() -> RocketMQBroker:
+        return RocketMQBroker(tmp_path_factory.mktemp("rocketmq"), acl={ACCESS_KEY: SECRET_KEY})
+
+    with _shared("rocketmq", make) as broker:
+        yield broker
 
 
 @dataclass

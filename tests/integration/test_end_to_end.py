@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,11 @@ import structlog
 from confluent_kafka import Consumer, TopicPartition
 
 from bridge.errors import SinkError
-from bridge.model import OutRecord
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.ports import Batch, Refused
 from bridge.sinks.kafka import KafkaSink
 from bridge.sources.tmc.generator import Event
-from bridge.testing.kafka_broker import KafkaBroker
+from devtools.brokers.kafka import KafkaBroker
 from tests.integration.conftest import (
     Topics,
     bridge_config,
@@ -74,18 +74,18 @@ class AbortSecondBatch(KafkaSink):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.batches = 0
 
-    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
+    def write_batch(self, batch: Batch) -> list[Refused]:
         self.batches += 1
         if self.batches == 2:
             producer = self._producer
             assert producer is not None
             producer.begin_transaction()
-            for rec in records:
+            for rec in batch.records:
                 producer.produce(rec.topic, value=rec.value, key=rec.key, headers=list(rec.headers))
             producer.flush(10)
             producer.abort_transaction(10)
             raise SinkError("injected abort after the batch was written")
-        return super().write_batch(records)
+        return super().write_batch(batch)
 
 
 async def test_read_committed_never_sees_an_aborted_batch(
@@ -96,7 +96,7 @@ async def test_read_committed_never_sees_an_aborted_batch(
     async with simulator() as sim:
         sim.publish(1500)
         cfg = bridge_config(sim.url, kafka.bootstrap, topics, pipeline={"batch_max_messages": 300})
-        sink = AbortSecondBatch(cfg.sink.kafka)
+        sink = AbortSecondBatch(cfg.sink.kafka, metrics=Metrics())
         async with running_bridge(cfg, sink=sink) as bridge:
             await wait_for(lambda: sim.stats.confirmed == 1500, 60, "all confirmed")
             assert bridge.pipeline.stats.batch_retries >= 1

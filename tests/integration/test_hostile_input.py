@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bridge.sources.tmc import codec
 from bridge.sources.tmc.codec import Fmt, Value
 from bridge.sources.tmc.simulator import Simulator
-from bridge.testing.kafka_broker import KafkaBroker
+from devtools.brokers.kafka import KafkaBroker
 from tests.integration.conftest import (
     Topics,
     bridge_config,

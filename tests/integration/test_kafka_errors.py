@@ -18,11 +18,12 @@ import structlog
 from bridge.config import KafkaSinkConfig, PipelineConfig, RoutingConfig
 from bridge.errors import SinkStopped
 from bridge.observability import logging as obs_logging
+from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
 from bridge.pipeline.routing import Router
 from bridge.sinks.kafka import KafkaSink
-from bridge.testing.kafka_broker import KafkaBroker
-from bridge.testing.processes import pick_ports
+from devtools.brokers.kafka import KafkaBroker
+from devtools.brokers.processes import pick_ports
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -121,7 +122,7 @@ def sink_config(bootstrap: str, **extra: Any) -> KafkaSinkConfig:
 async def start_failing(sink: KafkaSink, expected: str, timeout_s: float = 10) -> str:
     """Start the sink (it keeps retrying), wait until /readyz's wording names ``expected``,
     stop it; returns that wording."""
-    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink)
+    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink, metrics=Metrics())
     starting = asyncio.create_task(pipeline.start_sink())
     try:
         await wait_for(
@@ -158,7 +159,7 @@ def assert_nothing_raw_on_stderr(captured: Captured) -> None:
 
 async def test_unreachable_broker_is_named_within_seconds(captured: Captured) -> None:
     closed_port = pick_ports(1, exclude=set())[0]  # free: nothing listens there
-    sink = KafkaSink(sink_config(f"127.0.0.1:{closed_port}"))
+    sink = KafkaSink(sink_config(f"127.0.0.1:{closed_port}"), metrics=Metrics())
     problem = await start_failing(sink, "Connection refused")
     assert problem.startswith(
         f"kafka sink starting: last error _TRANSPORT: 127.0.0.1:{closed_port}"
@@ -183,7 +184,8 @@ async def test_wrong_sasl_password_is_named_and_never_printed(
         "sasl.username": SASL_USER,
     }
     sink = KafkaSink(
-        sink_config(sasl_kafka.sasl_bootstrap, **sasl, **{"sasl.password": WRONG_PASSWORD})
+        sink_config(sasl_kafka.sasl_bootstrap, **sasl, **{"sasl.password": WRONG_PASSWORD}),
+        metrics=Metrics(),
     )
     problem = await start_failing(sink, "_AUTHENTICATION")
     assert problem.startswith("kafka sink starting: last error _AUTHENTICATION: ")
@@ -199,9 +201,10 @@ async def test_wrong_sasl_password_is_named_and_never_printed(
 
     # The same listener with the right password: started, no error left.
     sink = KafkaSink(
-        sink_config(sasl_kafka.sasl_bootstrap, **sasl, **{"sasl.password": SASL_PASSWORD})
+        sink_config(sasl_kafka.sasl_bootstrap, **sasl, **{"sasl.password": SASL_PASSWORD}),
+        metrics=Metrics(),
     )
-    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink)
+    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink, metrics=Metrics())
     try:
         await asyncio.wait_for(pipeline.start_sink(), 60)
         assert pipeline.sink_problem() is None

@@ -17,8 +17,8 @@ import yaml
 from bridge.app import Bridge
 from bridge.sources.tmc.generator import Event
 from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
-from bridge.testing.kafka_broker import KafkaBroker
-from bridge.tools import harness
+from devtools import harness
+from devtools.brokers.kafka import KafkaBroker
 from tests.integration.conftest import (
     APP_KEY,
     SECRET,

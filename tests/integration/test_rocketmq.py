@@ -10,25 +10,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import devtools
 from bridge import config as cfgmod
 from bridge.config import BridgeConfig
-from bridge.sinks.rocketmq import CRASH_ENV
 from bridge.sources.tmc.generator import OrderGenerator
-from bridge.testing.kafka_broker import KafkaBroker
-from bridge.testing.rocketmq_broker import RocketMQBroker
-from bridge.testing.rocketmq_io import JushitaPublisher, read_topics
-from bridge.tools import harness
+from devtools import harness
+from devtools.brokers.kafka import KafkaBroker
+from devtools.brokers.rocketmq import RocketMQBroker
+from devtools.rocketmq_io import JushitaPublisher, read_topics
 from tests.integration.conftest import (
+    ACCESS_KEY,
     APP_KEY,
     SECRET,
+    SECRET_KEY,
     Topics,
     read_back,
     running_bridge,
@@ -39,19 +42,7 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
-ACCESS_KEY = "bridge-access-key"
-SECRET_KEY = "bridge-secret-key-0123"
 CREDENTIALS = (ACCESS_KEY, SECRET_KEY, "CLOUD")
-
-
-@pytest.fixture(scope="module")
-def rocketmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RocketMQBroker]:
-    broker = RocketMQBroker(tmp_path_factory.mktemp("rocketmq"), acl={ACCESS_KEY: SECRET_KEY})
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture
@@ -180,6 +171,23 @@ async def test_tmc_to_rocketmq_transactional_commits_and_journals(
         assert journalled == 1000
 
 
+def spawn_crashing(name: str, crash: str, config: Path, workdir: Path) -> harness.Child:
+    """``python -m devtools.crash_bridge``: ``tmc-bridge run`` with a crash hook in the
+    sink (the repository root on the path: devtools is not installed)."""
+    root = str(Path(devtools.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    log_path = workdir / f"{name}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devtools.crash_bridge", "--crash", crash, "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": path},
+        cwd=workdir,
+    )
+    return harness.Child(name, proc, log_path, log)
+
+
 async def test_transactional_check_back_after_kill_follows_the_journal(
     rocketmq: RocketMQBroker, rtopics: Topics, tmp_path: Path
 ) -> None:
@@ -212,8 +220,10 @@ async def test_transactional_check_back_after_kill_follows_the_journal(
             ]
 
         for run, crash in enumerate(["before_journal:150", "after_journal:120", ""]):
-            env = {CRASH_ENV: crash} if crash else {}
-            child = harness.spawn(f"bridge{run}", ["run", "--config", str(path)], tmp_path, env)
+            if crash:
+                child = spawn_crashing(f"bridge{run}", crash, path, tmp_path)
+            else:
+                child = harness.spawn(f"bridge{run}", ["run", "--config", str(path)], tmp_path, {})
             children.append(child)
             try:
                 if crash:

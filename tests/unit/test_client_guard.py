@@ -14,8 +14,8 @@ from bridge.errors import ConfigError
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
 from bridge.sources.tmc import codec
-from bridge.sources.tmc.client import TmcSource
 from bridge.sources.tmc.codec import Fmt, Value
+from bridge.sources.tmc.connection import TmcSource
 from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
 
 KEY, SECRET = "12345678", "guard-secret"
@@ -144,4 +144,4 @@ def test_a_url_the_client_cannot_use_is_a_config_error() -> None:
         **{**source_config("ws://x/").model_dump(), "url": "ws://exa mple:99999/"}
     )
     with pytest.raises(ConfigError, match=r"source\.tmc\.url"):
-        TmcSource(cfg, Collect())
+        TmcSource(cfg, Collect(), metrics=Metrics())

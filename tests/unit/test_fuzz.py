@@ -52,11 +52,14 @@ from bridge.config import PipelineConfig, RoutingConfig
 from bridge.errors import FrameError, ProtocolError, TmcError
 from bridge.headers import H_DLQ_TRUNCATED
 from bridge.model import Delivery, OutRecord, SourceMessage
+from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
 from bridge.pipeline.routing import Router
-from bridge.rocketmq_sdk import InMessage
+from bridge.rocketmq.client import InMessage
 from bridge.sources import ons
-from bridge.sources.tmc import codec, protocol
+from bridge.sources.tmc import codec
+from bridge.sources.tmc import server as tmc_server
+from bridge.sources.tmc import session as tmc_session
 from bridge.sources.tmc.codec import Fmt, Frame, MessageType, Value
 from tests.unit.test_codec import CONNECTACK_72, FAILED_ACK_76, PUSH_73, TOKEN, captures
 from tests.unit.test_pipeline import ScriptedSink
@@ -221,9 +224,9 @@ def names(*cases: Iterable[str], **weights: int) -> st.SearchStrategy[str]:
 
 # ----------------------------------------------------------------------------- wire model
 
-INT64_MIN, INT64_MAX = protocol.INT64_MIN, protocol.INT64_MAX
-MAX_TIME_MS = protocol.MAX_TIME_MS
-LIMIT = protocol.DEFAULT_MAX_CONTENT_BYTES
+INT64_MIN, INT64_MAX = tmc_session.INT64_MIN, tmc_session.INT64_MAX
+MAX_TIME_MS = tmc_session.MAX_TIME_MS
+LIMIT = tmc_session.DEFAULT_MAX_CONTENT_BYTES
 I16, I32, I64 = struct.Struct("<h"), struct.Struct("<i"), struct.Struct("<q")
 INT_FMTS = {2: struct.Struct("<b"), 3: I16, 4: I32, 5: I64, 6: I64}
 INT_RANGE = {f: (-(2 ** (8 * s.size - 1)), 2 ** (8 * s.size - 1) - 1) for f, s in INT_FMTS.items()}
@@ -883,7 +886,7 @@ def route_both(msg: SourceMessage) -> tuple[OutRecord, OutRecord]:
     return plain, wrapped
 
 
-def check_push(prop: str, session: protocol.ClientSession, push: protocol.Push) -> None:
+def check_push(prop: str, session: tmc_session.ClientSession, push: tmc_session.Push) -> None:
     """The contract of every Push, whatever the frame held."""
     msg = push.message
     assert isinstance(msg.message_id, int) and not isinstance(msg.message_id, bool)
@@ -895,10 +898,10 @@ def check_push(prop: str, session: protocol.ClientSession, push: protocol.Push) 
     assert msg.malformed is None or (isinstance(msg.malformed, str) and msg.malformed)
     # Confirmable: both answers encode, and the server reads back the same id.
     server = online_server(strict=True)
-    assert server.receive(session.confirm(msg.message_id)) == protocol.Confirm(msg.message_id)
+    assert server.receive(session.confirm(msg.message_id)) == tmc_server.Confirm(msg.message_id)
     reason = msg.malformed or "sink unavailable: broker down"
     failed = server.receive(session.fail(msg.message_id, reason))
-    assert failed == protocol.Failed(msg.message_id, reason[: protocol.FAILED_MSG_MAX])
+    assert failed == tmc_server.Failed(msg.message_id, reason[: tmc_session.FAILED_MSG_MAX])
     plain, _ = route_both(msg)
     saw(prop, "malformed" if msg.malformed else "clean")
     if plain.dead_letter_reason is not None:
@@ -908,7 +911,7 @@ def check_push(prop: str, session: protocol.ClientSession, push: protocol.Push) 
                 saw(prop, hostile)
 
 
-def check_expected(prop: str, push: protocol.Push, exp: Expect) -> None:
+def check_expected(prop: str, push: tmc_session.Push, exp: Expect) -> None:
     """The Push against the model of the frame it came from."""
     msg = push.message
     assert exp.fields is not None
@@ -935,30 +938,35 @@ def check_expected(prop: str, push: protocol.Push, exp: Expect) -> None:
         assert plain.dead_letter_reason is not None  # no content here has a num_iid
 
 
-def online_server(*, strict: bool) -> protocol.ServerSession:
-    server = protocol.ServerSession({"12345678": SECRET}, strict=strict)
+def online_server(*, strict: bool) -> tmc_server.ServerSession:
+    server = tmc_server.ServerSession({"12345678": SECRET}, strict=strict)
     request = server.receive(bytes.fromhex(CONNECT_71))
-    assert isinstance(request, protocol.ConnectRequest)
+    assert isinstance(request, tmc_server.ConnectRequest)
     server.accept(request, TOKEN)
     return server
 
 
 def receive(
-    prop: str, session: protocol.ClientSession, data: bytes
-) -> protocol.ClientEvent | TmcError:
+    prop: str, session: tmc_session.ClientSession, data: bytes
+) -> tmc_session.ClientEvent | TmcError:
     """session.receive under the contract: an event, or only a TmcError."""
     try:
-        result: protocol.ClientEvent | TmcError = session.receive(data, received_ns=1)
+        result: tmc_session.ClientEvent | TmcError = session.receive(data, received_ns=1)
     except TmcError as exc:
         result = exc
     saw(prop, type(result).__name__)
     assert isinstance(
-        result, protocol.LoggedIn | protocol.Push | protocol.Ignored | protocol.Rejected | TmcError
+        result,
+        tmc_session.LoggedIn
+        | tmc_session.Push
+        | tmc_session.Ignored
+        | tmc_session.Rejected
+        | TmcError,
     ), result
-    if isinstance(result, protocol.Rejected):
+    if isinstance(result, tmc_session.Rejected):
         assert isinstance(result.reason, str) and result.reason
         assert result.message_id is None or len(result.message_id) <= 40
-    if isinstance(result, protocol.Push):
+    if isinstance(result, tmc_session.Push):
         check_push(prop, session, result)
     return result
 
@@ -983,7 +991,9 @@ def _push(content: str | bytes, **kw: Any) -> bytes:
         "data_id": 4123456789012345678,
         **kw,
     }
-    return server.push(protocol.push_body(2200000000123456789, "taobao_trade_X", content, **fields))
+    return server.push(
+        tmc_server.push_body(2200000000123456789, "taobao_trade_X", content, **fields)
+    )
 
 
 ALL_FORMATS = codec.encode(
@@ -1204,7 +1214,7 @@ def test_fuzz_client_bytes_and_mutations(fuzz_report: FuzzReport) -> None:
             vector = src.pick([CONNECTACK_72, FAILED_ACK_76] if connectack else SERVER_VECTORS)
             data = mutate(vector, src)
         with one_input(prop_name):
-            session = protocol.ClientSession("12345678", SECRET, "default")
+            session = tmc_session.ClientSession("12345678", SECRET, "default")
             if state == "online":
                 session = online_session()
             elif state == "await_connectack":
@@ -1212,13 +1222,13 @@ def test_fuzz_client_bytes_and_mutations(fuzz_report: FuzzReport) -> None:
             result = receive(prop_name, session, data)
             if state == "idle":
                 assert isinstance(result, FrameError | ProtocolError)
-            elif isinstance(result, protocol.LoggedIn):
+            elif isinstance(result, tmc_session.LoggedIn):
                 assert state == "await_connectack" and result.token
-                assert session.state is protocol.State.ONLINE
+                assert session.state is tmc_session.State.ONLINE
                 assert codec.decode(session.confirm(1)).token == result.token
             elif state == "online":
                 # Nothing a frame holds logs the session out.
-                assert session.state is protocol.State.ONLINE and session.token == TOKEN
+                assert session.state is tmc_session.State.ONLINE and session.token == TOKEN
 
     run_property(
         prop_name,
@@ -1241,9 +1251,9 @@ def test_fuzz_client_grammar_frames(fuzz_report: FuzzReport) -> None:
         with one_input(prop_name):
             result = receive(prop_name, session, built.raw)
             assert type(result).__name__ == expect.outcome, (result, expect)
-            if isinstance(result, protocol.Push):
+            if isinstance(result, tmc_session.Push):
                 check_expected(prop_name, result, expect)
-            assert session.state is protocol.State.ONLINE and session.token == TOKEN
+            assert session.state is tmc_session.State.ONLINE and session.token == TOKEN
 
     run_property(
         prop_name,
@@ -1294,13 +1304,13 @@ def test_fuzz_client_oversized_frames(fuzz_report: FuzzReport) -> None:
                 return
             saw(prop_name, type(result).__name__)
             if expect.outcome == "FrameError":  # not even version and type
-                assert isinstance(result, protocol.Rejected) and reason in result.reason
+                assert isinstance(result, tmc_session.Rejected) and reason in result.reason
             elif expect.outcome == "Rejected":
-                assert isinstance(result, protocol.Rejected) and result.reason.startswith(reason)
+                assert isinstance(result, tmc_session.Rejected) and result.reason.startswith(reason)
             elif expect.outcome == "Ignored":
-                assert isinstance(result, protocol.Ignored)
+                assert isinstance(result, tmc_session.Ignored)
             else:
-                assert isinstance(result, protocol.Push), result
+                assert isinstance(result, tmc_session.Push), result
                 msg = result.message
                 assert msg.malformed is not None and msg.malformed.startswith(reason)
                 assert msg.content == b""
@@ -1380,11 +1390,11 @@ def build_client_frame(spec: ClientFrameSpec) -> Built:
 
 
 SERVER_EVENTS = (
-    protocol.ConnectRequest,
-    protocol.PullRequest,
-    protocol.Confirm,
-    protocol.Failed,
-    protocol.Publish,
+    tmc_server.ConnectRequest,
+    tmc_server.PullRequest,
+    tmc_server.Confirm,
+    tmc_server.Failed,
+    tmc_server.Publish,
 )
 
 
@@ -1428,16 +1438,16 @@ def test_fuzz_server_session(fuzz_report: FuzzReport) -> None:
             if online:
                 server = online_server(strict=strict)
             else:
-                server = protocol.ServerSession({"12345678": SECRET}, strict=strict)
+                server = tmc_server.ServerSession({"12345678": SECRET}, strict=strict)
             try:
                 result: object = server.receive(data)
             except TmcError as exc:
                 result = exc
             saw(prop_name, type(result).__name__)
             assert isinstance(result, (*SERVER_EVENTS, TmcError)), result
-            if isinstance(result, protocol.Confirm | protocol.Failed):
+            if isinstance(result, tmc_server.Confirm | tmc_server.Failed):
                 assert INT64_MIN <= result.message_id <= INT64_MAX
-            if isinstance(result, protocol.ConnectRequest) and result.sign_ok:
+            if isinstance(result, tmc_server.ConnectRequest) and result.sign_ok:
                 saw(prop_name, "sign_ok")
 
     run_property(
@@ -1732,7 +1742,7 @@ class CountingAck:
 source_specs = st.lists(st.one_of(push_specs, ons_specs), min_size=1, max_size=6)
 
 
-def messages_of(specs: list[PushSpec | OnsSpec], session: protocol.ClientSession) -> list[Any]:
+def messages_of(specs: list[PushSpec | OnsSpec], session: tmc_session.ClientSession) -> list[Any]:
     out: list[SourceMessage] = []
     for spec in specs:
         if isinstance(spec, OnsSpec):
@@ -1742,7 +1752,7 @@ def messages_of(specs: list[PushSpec | OnsSpec], session: protocol.ClientSession
             event = session.receive(build_push(spec).raw)
         except TmcError:
             continue
-        if isinstance(event, protocol.Push):
+        if isinstance(event, tmc_session.Push):
             out.append(event.message)
     return out
 
@@ -1752,7 +1762,7 @@ async def through_pipeline(messages: list[SourceMessage]) -> tuple[Pipeline, Scr
     config = PipelineConfig(
         batch_max_messages=4, batch_linger_ms=0, retry_backoff_min_s=0.01, retry_backoff_max_s=0.02
     )
-    pipeline = Pipeline(config, ROUTER, sink)
+    pipeline = Pipeline(config, ROUTER, sink, metrics=Metrics())
     acks: list[CountingAck] = []
     try:
         for msg in messages:

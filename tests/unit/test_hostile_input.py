@@ -13,11 +13,14 @@ from prometheus_client import generate_latest
 from bridge.config import PipelineConfig, RoutingConfig
 from bridge.errors import ProtocolError, TmcError
 from bridge.model import Delivery, SourceMessage
+from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
 from bridge.pipeline.routing import Router
-from bridge.rocketmq_sdk import InMessage
+from bridge.rocketmq.client import InMessage
 from bridge.sources import ons
-from bridge.sources.tmc import codec, protocol
+from bridge.sources.tmc import codec
+from bridge.sources.tmc import server as tmc_server
+from bridge.sources.tmc import session as tmc_session
 from bridge.sources.tmc.codec import Fmt, Frame, MessageType, Value
 from tests.unit.test_codec import TOKEN
 from tests.unit.test_pipeline import ScriptedSink
@@ -33,7 +36,7 @@ ROUTER = Router(RoutingConfig())
 def push_frame(**fields: Value) -> bytes:
     """A data push with our token; ``fields`` replace or add to a valid message."""
     custom = {
-        "__kind": codec.byte(protocol.Kind.DATA),
+        "__kind": codec.byte(tmc_session.Kind.DATA),
         "id": codec.int64(ID),
         "topic": codec.string(TRADE),
         "content": codec.string('{"tid":4123456789012345678}'),
@@ -43,13 +46,13 @@ def push_frame(**fields: Value) -> bytes:
     return codec.encode(Frame(MessageType.SEND, token=TOKEN, custom=custom))
 
 
-def receive(**fields: Value) -> protocol.ClientEvent:
+def receive(**fields: Value) -> tmc_session.ClientEvent:
     return online_session().receive(push_frame(**fields))
 
 
-def push(**fields: Value) -> protocol.Push:
+def push(**fields: Value) -> tmc_session.Push:
     event = receive(**fields)
-    assert isinstance(event, protocol.Push), event
+    assert isinstance(event, tmc_session.Push), event
     return event
 
 
@@ -84,7 +87,7 @@ def test_content_nested_1000_levels_on_a_keyed_topic_is_dead_lettered(wire: str)
 )
 def test_id_string_that_is_no_int64_is_rejected(text: str, shown: str) -> None:
     event = receive(id=codec.string(text))
-    assert isinstance(event, protocol.Rejected)
+    assert isinstance(event, tmc_session.Rejected)
     assert event.reason.startswith("data push not confirmable: field 'id' is the String")
     assert event.message_id == shown
 
@@ -108,7 +111,7 @@ def test_gzip_bomb_over_max_content_bytes_is_malformed_with_the_bytes_received()
     msg = push(content=Value(Fmt.BYTE_ARRAY, bomb)).message
     assert msg.malformed == (
         "gzip content inflates to more than source.tmc.max_content_bytes "
-        f"({protocol.DEFAULT_MAX_CONTENT_BYTES})"
+        f"({tmc_session.DEFAULT_MAX_CONTENT_BYTES})"
     )
     assert msg.content == bomb
     record = ROUTER.route(msg)
@@ -147,10 +150,10 @@ def test_confirm_and_fail_of_an_id_beyond_int64_raise_protocol_error(message_id:
 # Found by tests/unit/test_fuzz.py (test_fuzz_server_session, test_fuzz_metrics_...).
 
 
-def online_server(*, strict: bool) -> protocol.ServerSession:
-    server = protocol.ServerSession({"12345678": SECRET}, strict=strict)
+def online_server(*, strict: bool) -> tmc_server.ServerSession:
+    server = tmc_server.ServerSession({"12345678": SECRET}, strict=strict)
     request = server.receive(bytes.fromhex(CONNECT_71))
-    assert isinstance(request, protocol.ConnectRequest)
+    assert isinstance(request, tmc_server.ConnectRequest)
     server.accept(request, TOKEN)
     return server
 
@@ -166,14 +169,14 @@ def test_lenient_server_answers_a_text_kind_with_protocol_error(kind: str) -> No
 
 
 def test_server_takes_a_connect_with_a_non_ascii_sign_as_a_wrong_sign() -> None:
-    server = protocol.ServerSession({"12345678": SECRET})
+    server = tmc_server.ServerSession({"12345678": SECRET})
     fields = {"app_key": "12345678", "group_name": "g", "timestamp": "1", "sign": "é" * 32}
     custom = {k: codec.string(v) for k, v in fields.items()}
     try:
         request = server.receive(codec.encode(Frame(MessageType.CONNECT, flag=1, custom=custom)))
     except TmcError:
         return  # refusing the frame is as good as a failed sign check
-    assert isinstance(request, protocol.ConnectRequest) and not request.sign_ok
+    assert isinstance(request, tmc_server.ConnectRequest) and not request.sign_ok
 
 
 async def test_ons_topic_with_a_lone_surrogate_leaves_metrics_renderable() -> None:
@@ -186,7 +189,9 @@ async def test_ons_topic_with_a_lone_surrogate_leaves_metrics_renderable() -> No
     # Any source's topic reaches the metrics as a label; one with a lone surrogate must
     # not make /metrics unrenderable from then on.
     direct = SourceMessage("ons", 8, "\ud800", b'{"tid":1}')
-    pipeline = Pipeline(PipelineConfig(batch_linger_ms=0), ROUTER, ScriptedSink())
+    pipeline = Pipeline(
+        PipelineConfig(batch_linger_ms=0), ROUTER, ScriptedSink(), metrics=Metrics()
+    )
     await pipeline.submit(Delivery(msg, []))
     await pipeline.submit(Delivery(direct, []))
     pipeline.close()

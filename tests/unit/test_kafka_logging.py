@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +16,10 @@ from confluent_kafka import KafkaError, KafkaException
 
 from bridge.config import KafkaSinkConfig, PipelineConfig, RoutingConfig
 from bridge.errors import SinkStopped
-from bridge.model import OutRecord
 from bridge.observability import logging as obs_logging
+from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
+from bridge.pipeline.ports import Batch, Refused
 from bridge.pipeline.routing import Router
 from bridge.sinks.kafka import (
     KafkaSink,
@@ -220,7 +221,7 @@ def fake_sink(**extra: Any) -> tuple[KafkaSink, list[FakeProducer]]:
     config = KafkaSinkConfig(
         bootstrap_servers="127.0.0.1:1", transactional_id="t-1", commit_timeout_s=5, extra=extra
     )
-    return KafkaSink(config, producer_factory=factory), made
+    return KafkaSink(config, producer_factory=factory, metrics=Metrics()), made
 
 
 def test_producer_config_routes_librdkafka_logs_to_the_bridge_logger() -> None:
@@ -234,7 +235,7 @@ async def test_sink_problem_names_the_last_error_before_the_sink_started(
     info_log: JsonLines,
 ) -> None:
     sink, made = fake_sink()
-    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink)
+    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink, metrics=Metrics())
     assert pipeline.sink_problem() == "sink starting"
     starting = asyncio.create_task(pipeline.start_sink())
     for _ in range(200):
@@ -297,7 +298,7 @@ class StubSink:
     def probe(self) -> bool:
         return False
 
-    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
+    def write_batch(self, batch: Batch) -> list[Refused]:
         return []
 
     def rebuild(self) -> None:
@@ -312,7 +313,7 @@ class StubSink:
 
 async def test_not_connected_names_the_last_error_too() -> None:
     sink = StubSink()
-    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink)
+    pipeline = Pipeline(PipelineConfig(), Router(RoutingConfig()), sink, metrics=Metrics())
     await pipeline.start_sink()
     assert pipeline.sink_problem() is None
     sink.last_error = "_TRANSPORT: broker gone"

@@ -16,7 +16,7 @@ import structlog
 from bridge.observability import logging as obs_logging
 from bridge.observability.http import HealthServer
 from bridge.observability.metrics import Metrics, metric_names
-from bridge.tools.harness import http_get as get
+from devtools.harness import http_get as get
 
 
 @pytest.fixture(autouse=True)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 
 from bridge.config import PipelineConfig, RoutingConfig
 from bridge.errors import SinkError, SinkStopped
 from bridge.model import Delivery, OutRecord, SourceMessage
+from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
+from bridge.pipeline.ports import Batch, Refused
 from bridge.pipeline.routing import Router
 
 
@@ -54,16 +56,17 @@ class ScriptedSink:
             raise outcome
         return outcome is None
 
-    def write_batch(self, records: Sequence[OutRecord]) -> list[tuple[int, str]]:
+    def write_batch(self, batch: Batch) -> list[Refused]:
         self.gate.wait(10)
         if self.stopped:
             raise SinkStopped("stopped")
+        records = batch.records
         self.batches.append(list(records))
         outcome = self.script.pop(0) if self.script else None
         if isinstance(outcome, BaseException):
             raise outcome
         if isinstance(outcome, list):
-            return outcome
+            return [Refused(index, reason) for index, reason in outcome]
         self.committed.extend(records)
         return []
 
@@ -91,7 +94,9 @@ def make(sink: ScriptedSink, **cfg: object) -> Pipeline:
         "retry_backoff_min_s": 0.01,
         "retry_backoff_max_s": 0.02,
     }
-    return Pipeline(PipelineConfig(**{**base, **cfg}), Router(RoutingConfig()), sink)  # type: ignore[arg-type]
+    return Pipeline(
+        PipelineConfig(**{**base, **cfg}), Router(RoutingConfig()), sink, metrics=Metrics()
+    )  # type: ignore[arg-type]
 
 
 async def drain(pipeline: Pipeline) -> None:
@@ -371,7 +376,9 @@ class BrokenRouter(Router):
 async def test_a_routing_bug_dead_letters_that_message_and_the_pipeline_goes_on() -> None:
     log: list[tuple[str, int]] = []
     sink = ScriptedSink()
-    p = Pipeline(PipelineConfig(batch_linger_ms=0), BrokenRouter(RoutingConfig()), sink)
+    p = Pipeline(
+        PipelineConfig(batch_linger_ms=0), BrokenRouter(RoutingConfig()), sink, metrics=Metrics()
+    )
     for i in (12, 13, 14):
         await p.submit(delivery(log, i))
     await drain(p)

@@ -7,7 +7,9 @@ import gzip
 import pytest
 
 from bridge.errors import FrameError, LoginError, ProtocolError
-from bridge.sources.tmc import codec, protocol
+from bridge.sources.tmc import codec
+from bridge.sources.tmc import server as tmc_server
+from bridge.sources.tmc import session as tmc_session
 from bridge.sources.tmc.codec import Frame, MessageType
 from tests.unit.test_codec import CONNECTACK_72, FAILED_ACK_76, PUSH_73, TOKEN
 
@@ -34,17 +36,17 @@ FAILED_76 = (
 )
 
 
-def online_session() -> protocol.ClientSession:
-    s = protocol.ClientSession(
+def online_session() -> tmc_session.ClientSession:
+    s = tmc_session.ClientSession(
         "12345678", SECRET, "default", sdk="top-sdk-java-20240101", intranet_ip="192.168.1.10"
     )
     assert s.connect(1700000000000).hex() == CONNECT_71
-    assert s.receive(CONNECTACK_72) == protocol.LoggedIn(TOKEN)
+    assert s.receive(CONNECTACK_72) == tmc_session.LoggedIn(TOKEN)
     return s
 
 
 def test_sign_worked_example() -> None:
-    assert protocol.sign(SECRET, "12345678", "default", "1700000000000") == (
+    assert tmc_session.sign(SECRET, "12345678", "default", "1700000000000") == (
         "8A25D19D03C04B2896272784405F9CDF"
     )
 
@@ -60,7 +62,7 @@ def test_client_frames_match_vectors_byte_for_byte() -> None:
 def test_push_becomes_a_source_message_with_exact_ids() -> None:
     s = online_session()
     event = s.receive(PUSH_73, received_ns=42)
-    assert isinstance(event, protocol.Push)
+    assert isinstance(event, tmc_session.Push)
     m = event.message
     assert (m.message_id, m.topic, m.user_id, m.data_id) == (
         2200000000123456789,
@@ -78,7 +80,7 @@ def test_push_becomes_a_source_message_with_exact_ids() -> None:
 
 
 def test_failed_login_raises_login_error_with_code_and_phrase() -> None:
-    s = protocol.ClientSession("12345678", "wrong", "default")
+    s = tmc_session.ClientSession("12345678", "wrong", "default")
     s.connect(1)
     with pytest.raises(LoginError) as info:
         s.receive(FAILED_ACK_76)
@@ -89,7 +91,7 @@ def test_failed_login_raises_login_error_with_code_and_phrase() -> None:
 
 
 def test_connectack_must_echo_the_flag() -> None:
-    s = protocol.ClientSession("k", "s", "g")
+    s = tmc_session.ClientSession("k", "s", "g")
     s.connect(1)
     s.lost()
     s.connect(2)  # flag 2 now; the vector echoes flag 1
@@ -98,7 +100,7 @@ def test_connectack_must_echo_the_flag() -> None:
 
 
 def test_nothing_may_be_sent_before_login() -> None:
-    s = protocol.ClientSession("k", "s", "g")
+    s = tmc_session.ClientSession("k", "s", "g")
     with pytest.raises(ProtocolError):
         s.pull()
 
@@ -107,12 +109,12 @@ def test_foreign_token_push_is_ignored_not_delivered() -> None:
     s = online_session()
     frame = codec.decode(PUSH_73)
     frame.token = "another-token"
-    assert isinstance(s.receive(codec.encode(frame)), protocol.Ignored)
+    assert isinstance(s.receive(codec.encode(frame)), tmc_session.Ignored)
 
 
 def test_gzip_bytearray_content_is_inflated_and_bad_gzip_is_flagged() -> None:
     s = online_session()
-    body = protocol.push_body(
+    body = tmc_server.push_body(
         7,
         "taobao_trade_TradeCreate",
         gzip.compress(b'{"tid":1}'),
@@ -123,15 +125,15 @@ def test_gzip_bytearray_content_is_inflated_and_bad_gzip_is_flagged() -> None:
         nick="n",
         data_id=1,
     )
-    server = protocol.ServerSession({})
+    server = tmc_server.ServerSession({})
     server.token = TOKEN
     server._push_head = codec.encode(Frame(MessageType.SEND, token=TOKEN))[:-2] + (
         codec.encode_custom("__kind", codec.byte(3))
     )
     event = s.receive(server.push(body))
-    assert isinstance(event, protocol.Push)
+    assert isinstance(event, tmc_session.Push)
     assert event.message.content == b'{"tid":1}'
-    bad = protocol.push_body(
+    bad = tmc_server.push_body(
         8,
         "t",
         b"not gzip",
@@ -143,7 +145,7 @@ def test_gzip_bytearray_content_is_inflated_and_bad_gzip_is_flagged() -> None:
         data_id=None,
     )
     event = s.receive(server.push(bad))
-    assert isinstance(event, protocol.Push)
+    assert isinstance(event, tmc_session.Push)
     assert event.message.malformed is not None
 
 
@@ -153,7 +155,7 @@ def test_push_without_id_is_rejected_not_raised() -> None:
         MessageType.SEND, token=TOKEN, custom={"__kind": codec.byte(3), "topic": codec.string("x")}
     )
     event = s.receive(codec.encode(frame))
-    assert isinstance(event, protocol.Rejected) and "without an id" in event.reason
+    assert isinstance(event, tmc_session.Rejected) and "without an id" in event.reason
 
 
 def test_malformed_bytes_raise_frame_error() -> None:
@@ -163,17 +165,17 @@ def test_malformed_bytes_raise_frame_error() -> None:
 
 
 def test_server_session_full_exchange() -> None:
-    server = protocol.ServerSession({"12345678": SECRET}, strict=True)
+    server = tmc_server.ServerSession({"12345678": SECRET}, strict=True)
     request = server.receive(bytes.fromhex(CONNECT_71))
-    assert isinstance(request, protocol.ConnectRequest)
+    assert isinstance(request, tmc_server.ConnectRequest)
     assert request.sign_ok and request.flag == 1 and request.sdk == "top-sdk-java-20240101"
     assert server.accept(request, TOKEN) == CONNECTACK_72
-    assert server.receive(bytes.fromhex(PULL_75)) == protocol.PullRequest()
-    assert server.receive(bytes.fromhex(CONFIRM_74)) == protocol.Confirm(2200000000123456789)
-    assert server.receive(bytes.fromhex(FAILED_76)) == protocol.Failed(
+    assert server.receive(bytes.fromhex(PULL_75)) == tmc_server.PullRequest()
+    assert server.receive(bytes.fromhex(CONFIRM_74)) == tmc_server.Confirm(2200000000123456789)
+    assert server.receive(bytes.fromhex(FAILED_76)) == tmc_server.Failed(
         2200000000123456789, "db timeout"
     )
-    body = protocol.push_body(
+    body = tmc_server.push_body(
         2200000000123456789,
         "taobao_trade_TradeBuyerPay",
         "{}",
@@ -190,15 +192,15 @@ def test_server_session_full_exchange() -> None:
 
 
 def test_server_rejects_a_wrong_sign_and_answers_failed_connectack() -> None:
-    server = protocol.ServerSession({"12345678": "other-secret"})
+    server = tmc_server.ServerSession({"12345678": "other-secret"})
     request = server.receive(bytes.fromhex(CONNECT_71))
-    assert isinstance(request, protocol.ConnectRequest)
+    assert isinstance(request, tmc_server.ConnectRequest)
     assert not request.sign_ok
     assert server.reject(request.flag, 1, "invalid sign") == FAILED_ACK_76
 
 
 def test_server_strict_mode_requires_token_and_byte_kind() -> None:
-    server = protocol.ServerSession({"12345678": SECRET}, strict=True)
+    server = tmc_server.ServerSession({"12345678": SECRET}, strict=True)
     server.accept(server.receive(bytes.fromhex(CONNECT_71)), TOKEN)  # type: ignore[arg-type]
     no_token = Frame(MessageType.SEND, custom={"__kind": codec.byte(1)})
     with pytest.raises(ProtocolError, match="token"):
@@ -208,10 +210,10 @@ def test_server_strict_mode_requires_token_and_byte_kind() -> None:
     )
     with pytest.raises(ProtocolError):
         server.receive(string_kind)
-    lenient = protocol.ServerSession({"12345678": SECRET})
+    lenient = tmc_server.ServerSession({"12345678": SECRET})
     lenient.accept(lenient.receive(bytes.fromhex(CONNECT_71)), TOKEN)  # type: ignore[arg-type]
     failed_no_token = Frame(
         MessageType.SENDACK,
         custom={"__kind": codec.byte(20), "id": codec.int64(5), "msg": codec.string(None)},
     )
-    assert lenient.receive(codec.encode(failed_no_token)) == protocol.Failed(5, None)
+    assert lenient.receive(codec.encode(failed_no_token)) == tmc_server.Failed(5, None)

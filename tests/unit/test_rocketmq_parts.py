@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 from bridge import config as cfgmod
-from bridge import rocketmq_sdk as sdk
 from bridge.config import RocketMQSinkConfig, RoutingConfig
-from bridge.errors import ConfigError, SinkError
+from bridge.errors import ConfigError, RocketMQSendError, SinkError
 from bridge.headers import H_MESSAGE_ID, H_ONS_MSG_ID, H_TOPIC
 from bridge.model import OutRecord
+from bridge.observability.metrics import Metrics
+from bridge.pipeline.ports import Batch
 from bridge.pipeline.routing import Router
-from bridge.sinks.journal import Journal
+from bridge.rocketmq import client as sdk
 from bridge.sinks.rocketmq import RocketMQSink, to_message
+from bridge.sinks.rocketmq_journal import Journal
 from bridge.sources.ons import to_source_message
 
 TMC = {"app_key": "1", "app_secret": "s", "url": "ws://x/"}
@@ -40,9 +42,9 @@ def test_source_and_sink_sections_follow_their_type() -> None:
             "routing": {"topics": {"*": "tmc_all"}, "dead_letter_topic": "tmc_dlq"},
         }
     )
-    assert ok.source.ons_config.channel == "CLOUD"
-    assert ok.sink.rocketmq_config.channel == "ALIYUN"
-    assert ok.sink.rocketmq_config.mode == "ordered"
+    assert ok.source.ons.channel == "CLOUD"
+    assert ok.sink.rocketmq.channel == "ALIYUN"
+    assert ok.sink.rocketmq.mode == "ordered"
     with pytest.raises(ConfigError, match=r"source.type is 'ons' but source.ons is missing"):
         parse({"source": {"type": "ons", "tmc": TMC}, "sink": {"kafka": {}}})
     with pytest.raises(ConfigError, match=r"sink.rocketmq is set but sink.type is 'kafka'"):
@@ -253,10 +255,10 @@ class ScriptedProducer:
     def send(self, msg: sdk.OutMessage, sharding_key: str | None) -> sdk.SendReceipt:
         key = (sharding_key or "").encode()
         if key in self.refuse and msg.topic != "dlq":
-            raise sdk.SendFailed("the message body size over max value", permanent=True)
+            raise RocketMQSendError("the message body size over max value", permanent=True)
         if key in self.fail:
             self.fail.discard(key)
-            raise sdk.SendFailed("No route info of this topic", permanent=False)
+            raise RocketMQSendError("No route info of this topic", permanent=False)
         with self.lock:
             self.sent.append(f"{msg.topic}:{sharding_key}:{msg.body.decode()}")
         return sdk.SendReceipt("id", 0)
@@ -267,26 +269,28 @@ class ScriptedProducer:
 
 def test_sink_resumes_a_batch_without_resending_and_keeps_key_order() -> None:
     cfg = RocketMQSinkConfig(name_server="h:1", producer_group="g", retries=0, send_threads=3)
-    sink = RocketMQSink(cfg)
+    sink = RocketMQSink(cfg, metrics=Metrics())
     producer = ScriptedProducer(fail={b"2"}, refuse={b"3"})
     sink._producer = producer  # type: ignore[assignment]
     records = [
         OutRecord("t", str(k).encode(), f"v{i}".encode(), ((H_MESSAGE_ID, str(i).encode()),))
         for i, k in enumerate([1, 2, 3, 2, 1, 4])
     ]
-    # Drive it the way the pipeline does: dead-letter refusals, retry after errors.
+    # Drive it the way the pipeline does: dead-letter refusals, retry after errors, always
+    # with the same batch.
+    batch = Batch(records)
     outcomes: list[str] = []
     for _ in range(10):
         try:
-            refused = sink.write_batch(records)
+            refused = sink.write_batch(batch)
         except SinkError as exc:
             outcomes.append(f"error: {exc}")
             continue
         if not refused:
             break
-        for index, reason in refused:
-            outcomes.append(f"refused {index}: {reason}")
-            records[index] = OutRecord("dlq", b"3", b"v2", records[index].headers, "big")
+        for r in refused:
+            outcomes.append(f"refused {r.index}: {r.reason}")
+            records[r.index] = OutRecord("dlq", b"3", b"v2", records[r.index].headers, "big")
     assert "refused 2: the message body size over max value" in outcomes
     assert any("No route info" in o for o in outcomes), outcomes
     assert sink._progress is None  # the batch completed
@@ -315,7 +319,7 @@ async def test_ons_handler_answers_only_after_the_pipeline_settled() -> None:
     submit = held.put
 
     cfg = OnsSourceConfig(name_server="h:1", group_id="CID_x", topics=["t"])
-    source = OnsSource(cfg, submit)
+    source = OnsSource(cfg, submit, metrics=Metrics())
     source._loop = asyncio.get_running_loop()
     source._reading = True
 

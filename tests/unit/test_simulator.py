@@ -13,9 +13,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from bridge.errors import LoginError
+from bridge.retry import Backoff
 from bridge.sources.tmc import codec
-from bridge.sources.tmc.client import backoff
-from bridge.sources.tmc.protocol import ClientSession, LoggedIn, Push
+from bridge.sources.tmc.session import ClientSession, LoggedIn, Push
 from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
 
 KEY, SECRET = "12345678", "sim-secret"
@@ -186,7 +186,7 @@ def test_generated_orders_follow_their_life_cycle_with_big_ids() -> None:
 
 
 def test_backoff_first_delay_not_below_minimum_and_capped() -> None:
-    delays = backoff(10, 120, rng=random.Random(1))
+    delays = Backoff(10, 120).delays(random.Random(1))
     first = [next(delays) for _ in range(10)]
     assert 10 <= first[0] <= 15
     assert all(d <= 120 for d in first) and first[-1] >= 60

@@ -14,6 +14,11 @@ error type) on anything malformed. Integers are decoded straight from bytes with
 Custom values are kept as :class:`Value` pairs (format code, Python value) so that a
 decoded frame re-encodes to the same bytes and the writer controls the wire format of
 each key (``id`` must be Int64 and ``__kind`` a Byte, §4.5).
+
+This is the only module that knows the byte layout. Sessions that send one shape of
+frame per message (confirms, pushes) build its constant parts once from the frame pieces
+at the end (:func:`send_head`, :func:`custom_head`, :func:`encode_custom`) and append
+only the values (:func:`int64_value`, :func:`byte_value`, :data:`END_OF_HEADERS`).
 """
 
 from __future__ import annotations
@@ -102,6 +107,18 @@ _I32_UNPACK = _I32.unpack_from
 #: Fixed-width formats: code -> (width, unpack_from).
 _INT_UNPACK = {int(f): (st.size, st.unpack_from) for f, st in _INT_STRUCT.items()}
 _TYPE_BY_CODE = {t.value: t for t in MessageType}
+
+_I64_PACK = _I64.pack
+_I8_PACK = _I8.pack
+_FMT_BYTE = {f: bytes((f,)) for f in Fmt}
+#: The int16 header type codes as written (§4.3).
+_H_CUSTOM = _I16.pack(HeaderType.CUSTOM)
+_H_STATUS_CODE = _I16.pack(HeaderType.STATUS_CODE)
+_H_STATUS_PHRASE = _I16.pack(HeaderType.STATUS_PHRASE)
+_H_FLAG = _I16.pack(HeaderType.FLAG)
+_H_TOKEN = _I16.pack(HeaderType.TOKEN)
+#: The int16 EndOfHeaders that closes every frame.
+END_OF_HEADERS = _I16.pack(HeaderType.END)
 
 _MIN_FRAME = 4  # version, type, and at least the int16 EndOfHeaders
 
@@ -273,7 +290,7 @@ def encode_value(value: Value) -> bytes:
     fmt, data = value
     head = bytes((fmt,))
     if fmt is Fmt.VOID or data is None:
-        return b"\x00"
+        return _FMT_BYTE[Fmt.VOID]
     if fmt is Fmt.STRING:
         if isinstance(data, bytes):  # kept undecoded (decode's raw_strings)
             return head + _I32.pack(len(data)) + data
@@ -294,7 +311,7 @@ def encode_value(value: Value) -> bytes:
 
 def encode_custom(key: str, value: Value) -> bytes:
     """One complete Custom header: type, counted key, typed value."""
-    return b"\x01\x00" + _counted(key) + encode_value(value)
+    return _H_CUSTOM + _counted(key) + encode_value(value)
 
 
 def encode(frame: Frame) -> bytes:
@@ -304,17 +321,60 @@ def encode(frame: Frame) -> bytes:
     """
     parts = [bytes((frame.version, frame.type))]
     if frame.status_code:
-        parts.append(b"\x02\x00" + _I32.pack(frame.status_code))
+        parts.append(_H_STATUS_CODE + _I32.pack(frame.status_code))
     if frame.status_phrase:
-        parts.append(b"\x03\x00" + _counted(frame.status_phrase))
+        parts.append(_H_STATUS_PHRASE + _counted(frame.status_phrase))
     if frame.flag:
-        parts.append(b"\x04\x00" + _I32.pack(frame.flag))
+        parts.append(_H_FLAG + _I32.pack(frame.flag))
     if frame.token:
-        parts.append(b"\x05\x00" + _counted(frame.token))
+        parts.append(_H_TOKEN + _counted(frame.token))
     for key, value in frame.custom.items():
         parts.append(encode_custom(key, value))
-    parts.append(b"\x00\x00")
+    parts.append(END_OF_HEADERS)
     return b"".join(parts)
+
+
+# ------------------------------------------------------------------ frame pieces
+#
+# A session that sends the same shape of frame many times (a confirm per message, a push
+# per attempt) builds its constant parts once from these and appends only the values:
+#
+#     send_head(token) + encode_custom("__kind", byte(2)) + custom_head("id", Fmt.INT64)
+#     + int64_value(message_id) + END_OF_HEADERS
+#
+# is byte for byte ``encode(Frame(SEND, token=token, custom={"__kind": ..., "id": ...}))``.
+
+
+def send_head(token: str, version: int = PROTOCOL_VERSION) -> bytes:
+    """The start of a SEND frame after login: version, type and the Token header.
+
+    Custom headers follow, then :data:`END_OF_HEADERS`.
+    """
+    return bytes((version, MessageType.SEND)) + _H_TOKEN + _counted(token)
+
+
+def custom_head(key: str, fmt: Fmt) -> bytes:
+    """A Custom header up to its value: header type, counted key and format byte.
+
+    Append the value's payload (:func:`int64_value`, :func:`byte_value`) to complete it.
+    """
+    return _H_CUSTOM + _counted(key) + _FMT_BYTE[fmt]
+
+
+def int64_value(n: int) -> bytes:
+    """The 8 payload bytes of an Int64 or Date value. FrameError when ``n`` does not fit."""
+    try:
+        return _I64_PACK(n)
+    except struct.error:
+        raise FrameError(f"{n} does not fit INT64") from None
+
+
+def byte_value(n: int) -> bytes:
+    """The payload byte of a Byte value (signed). FrameError when ``n`` does not fit."""
+    try:
+        return _I8_PACK(n)
+    except struct.error:
+        raise FrameError(f"{n} does not fit BYTE") from None
 
 
 def string(text: str | None) -> Value:

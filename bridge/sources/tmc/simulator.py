@@ -45,7 +45,7 @@ from websockets.http11 import Request, Response
 
 from bridge.errors import FrameError, ProtocolError
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event, OrderGenerator
-from bridge.sources.tmc.protocol import (
+from bridge.sources.tmc.server import (
     Confirm,
     ConnectRequest,
     Failed,

@@ -1,4 +1,4 @@
-"""Plumbing shared by the local broker launchers (``kafka_broker``, ``rocketmq_broker``).
+"""Plumbing shared by the local broker launchers (``kafka``, ``rocketmq``).
 
 Both brokers are JVMs assembled from Maven Central jars (the only download channel these
 machines have) and run as children of the test process. What they have in common lives here:
@@ -59,15 +59,9 @@ LOG_TAIL_LINES = 40
 
 
 def _default_cache() -> Path:
-    """Pick ``<repo>/.cache`` in a source checkout, else ``<cwd>/.cache``.
-
-    ``.cache/`` is git-ignored in the repository; an installed package (site-packages) has no
-    repository around it, so the current directory is the only sensible anchor there.
-    """
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file() and (repo / "bridge").is_dir():
-        return repo / ".cache"
-    return Path.cwd() / ".cache"
+    """``<repo>/.cache`` (git-ignored): devtools is never installed, it always runs from a
+    checkout (devtools/brokers/processes.py -> the repository root is two folders up)."""
+    return Path(__file__).resolve().parents[2] / ".cache"
 
 
 DEFAULT_CACHE = Path(os.environ.get("TMC_BRIDGE_CACHE") or _default_cache())
@@ -141,7 +135,7 @@ def _pom_digest(pom: Path) -> str:
         return hashlib.sha256(pom.read_bytes()).hexdigest()
     except FileNotFoundError:
         raise BrokerError(
-            f"{pom} is missing: it must be shipped as package data of bridge.testing"
+            f"{pom} is missing: it belongs next to the launcher in devtools/brokers/"
         ) from None
 
 

@@ -4,7 +4,7 @@ The RocketMQ sink and the ONS source can only be checked against a real broker: 
 queues, transactional half messages and their check-back, ACL signatures. These machines have
 no Docker and no access to downloads.apache.org, but Maven Central is reachable, so RocketMQ is
 assembled from its Maven artifacts (``rocketmq-pom.xml`` next to this file) and started with
-``java -cp``, like :mod:`bridge.testing.kafka_broker`.
+``java -cp``, like :mod:`devtools.brokers.kafka`.
 
 The version is 4.9.7, the newest 4.x whose NameServer and broker are on Maven Central (4.9.8
 is there only in part, see the pom). The jars are cached in ``DEFAULT_CACHE``, so only the
@@ -22,8 +22,8 @@ when ACL is on, from ``$ROCKETMQ_HOME/conf/tools.yml``.
 
 Command line::
 
-    python -m bridge.testing.rocketmq_broker --download-only
-    python -m bridge.testing.rocketmq_broker --workdir .work/rocketmq [--acl KEY:SECRET]
+    python -m devtools.brokers.rocketmq --download-only
+    python -m devtools.brokers.rocketmq --workdir .work/rocketmq [--acl KEY:SECRET]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge.testing.processes import (
+from devtools.brokers.processes import (
     DEFAULT_CACHE,
     LOG_TAIL_LINES,
     BrokerError,
@@ -97,7 +97,7 @@ _BROKER_OPTIONS = (
 )
 
 _ADMIN_SOURCE = """\
-// Written by bridge.testing.rocketmq_broker and run in java's source-file mode.
+// Written by devtools.brokers.rocketmq and run in java's source-file mode.
 // MQAdminStartup.main returns after the command, but Netty's graceful shutdown keeps the JVM
 // alive for 2 more seconds; exiting at once makes every mqadmin call about 2 s faster.
 public final class MqAdmin {
@@ -122,7 +122,7 @@ _NUMERIC_KEY = re.compile(r"([{,])(-?\d+):")
 def ensure_rocketmq(cache_dir: Path | None = None) -> Path:
     """Make sure RocketMQ's jars are in ``<cache_dir>/rocketmq-<version>/lib``; return that folder.
 
-    Downloaded once from Maven Central (see :func:`bridge.testing.processes.ensure_maven_jars`:
+    Downloaded once from Maven Central (see :func:`devtools.brokers.processes.ensure_maven_jars`:
     locked, marked complete only after a full download, invalidated by editing the pom).
     Raises :class:`BrokerError` if ``java`` or ``mvn`` is missing or the download fails.
     """
@@ -367,7 +367,7 @@ class RocketMQBroker(ManagedBroker):
             for key, secret in self.acl.items()
         )
         return (
-            "# Written by bridge.testing.rocketmq_broker; rewritten before every start.\n"
+            "# Written by devtools.brokers.rocketmq; rewritten before every start.\n"
             f"globalWhiteRemoteAddresses: []\naccounts:\n{accounts}"
         )
 
@@ -381,7 +381,7 @@ class RocketMQBroker(ManagedBroker):
             logback = _LOGBACK_FILE.read_text()
         except FileNotFoundError:
             raise BrokerError(
-                f"{_LOGBACK_FILE} is missing: it must be shipped as package data of bridge.testing"
+                f"{_LOGBACK_FILE} is missing: it belongs next to this launcher in devtools/brokers/"
             ) from None
         for name in ("namesrv", "broker", "tools"):
             _write(conf / f"logback_{name}.xml", logback)
@@ -396,7 +396,7 @@ class RocketMQBroker(ManagedBroker):
             (conf / "plain_acl.yml").unlink(missing_ok=True)
             (conf / "tools.yml").unlink(missing_ok=True)
         _write(self.home / "bin" / "MqAdmin.java", _ADMIN_SOURCE)
-        header = "# Written by bridge.testing.rocketmq_broker; rewritten before every start.\n"
+        header = "# Written by devtools.brokers.rocketmq; rewritten before every start.\n"
         for name, props in (("namesrv", self._namesrv_conf()), ("broker", self._broker_conf())):
             body = "".join(f"{key}={value}\n" for key, value in props.items())
             _write(self.workdir / f"{name}.conf", header + body)
@@ -660,7 +660,7 @@ def _parse_account(text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run NameServer and broker in the foreground (demo, manual testing) or just download."""
     parser = launcher_parser(
-        "bridge.testing.rocketmq_broker",
+        "devtools.brokers.rocketmq",
         f"Run a single-node Apache RocketMQ {ROCKETMQ_VERSION} from Maven Central jars.",
     )
     parser.add_argument("--namesrv-port", type=int, default=0, help="default: a free one")

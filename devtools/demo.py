@@ -1,4 +1,6 @@
-"""``tmc-bridge demo``: local broker + TMC simulator + bridge, then one summary line.
+"""``make demo``: local broker + TMC simulator + bridge, then one summary line.
+
+    python -m devtools.demo --messages 10000 [--sink rocketmq] [--workdir .work/demo]
 
 Everything runs on this machine: the broker from Maven Central jars (cached in ``.cache``),
 the simulator and the bridge as child processes. ``--sink kafka`` (default) uses
@@ -16,14 +18,17 @@ queue, in publish order).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bridge.config import BridgeConfig, load
-from bridge.tools import harness
+from bridge.errors import BridgeError, ConfigError
+from devtools import harness
 
 PARTITIONS = 3
 QUEUES = 4
@@ -37,7 +42,7 @@ Target = tuple[dict[str, str], Callable[[int], list[harness.Arrived]]]
 
 @contextlib.contextmanager
 def kafka_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
-    from bridge.testing.kafka_broker import KafkaBroker
+    from devtools.brokers.kafka import KafkaBroker
 
     with KafkaBroker(workdir / "kafka") as kafka:
         for topic in topics:
@@ -50,8 +55,8 @@ def kafka_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
 
 @contextlib.contextmanager
 def rocketmq_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
-    from bridge.testing.rocketmq_broker import RocketMQBroker
-    from bridge.testing.rocketmq_io import read_topics
+    from devtools.brokers.rocketmq import RocketMQBroker
+    from devtools.rocketmq_io import read_topics
 
     with RocketMQBroker(workdir / "rocketmq", acl={DEMO_ACCESS_KEY: DEMO_SECRET_KEY}) as rmq:
         for topic in topics:
@@ -95,7 +100,7 @@ def metrics_line(port: int) -> str:
     )
 
 
-def main(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | None = None) -> int:
+def run(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | None = None) -> int:
     config = config or CONFIGS[sink]
     if not config.exists():
         print(f"demo: {config} not found (run the demo from the project folder)")
@@ -140,3 +145,31 @@ def main(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | No
         print(f"demo: problem: {problem}")
     print(verdict.line())
     return 0 if verdict.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.demo",
+        description="Local broker + TMC simulator + bridge, then one summary line.",
+    )
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--sink", choices=["kafka", "rocketmq"], default="kafka")
+    parser.add_argument("--workdir", default=".work/demo")
+    parser.add_argument("--config", type=Path, default=None, help="default: per sink")
+    args = parser.parse_args(argv)
+    try:
+        return run(
+            messages=args.messages, workdir=Path(args.workdir), sink=args.sink, config=args.config
+        )
+    except ConfigError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except BridgeError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

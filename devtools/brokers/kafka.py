@@ -12,8 +12,8 @@ the very same address, which is what a real broker restart looks like to the bri
 
 Command line::
 
-    python -m bridge.testing.kafka_broker --download-only
-    python -m bridge.testing.kafka_broker --workdir .work/kafka [--port 9092]
+    python -m devtools.brokers.kafka --download-only
+    python -m devtools.brokers.kafka --workdir .work/kafka [--port 9092]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # `confluent_kafka.admin` does not re-export it
 
-from bridge.testing.processes import (
+from devtools.brokers.processes import (
     DEFAULT_CACHE,
     LOG_TAIL_LINES,
     BrokerError,
@@ -64,7 +64,7 @@ _READY_LINE = "Kafka Server started"
 def ensure_kafka(cache_dir: Path | None = None) -> Path:
     """Make sure Kafka's jars are in ``<cache_dir>/kafka-<version>/lib`` and return that folder.
 
-    Downloaded once from Maven Central (see :func:`bridge.testing.processes.ensure_maven_jars`:
+    Downloaded once from Maven Central (see :func:`devtools.brokers.processes.ensure_maven_jars`:
     locked, marked complete only after a full download, invalidated by editing the pom).
     Raises :class:`BrokerError` if ``java`` or ``mvn`` is missing or the download fails.
     """
@@ -82,7 +82,7 @@ def ensure_kafka(cache_dir: Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 
 _LOG4J2_PROPERTIES = """\
-# Written by bridge.testing.kafka_broker. Console only (the parent redirects it to kafka.log).
+# Written by devtools.brokers.kafka. Console only (the parent redirects it to kafka.log).
 # Root at WARN keeps the log short; KafkaRaftServer at INFO prints "Kafka Server started".
 status = warn
 name = tmc-bridge-test-kafka
@@ -191,7 +191,7 @@ class KafkaBroker(ManagedBroker):
             "broker.heartbeat.interval.ms": "500",
         }
         body = "".join(f"{key}={value}\n" for key, value in props.items())
-        return "# Written by bridge.testing.kafka_broker; rewritten on every start.\n" + body
+        return "# Written by devtools.brokers.kafka; rewritten on every start.\n" + body
 
     def _java(self, lib: Path, heap: list[str], main: str, *args: str) -> list[str]:
         options = [
@@ -342,7 +342,7 @@ class KafkaBroker(ManagedBroker):
 def main(argv: list[str] | None = None) -> int:
     """Run a broker in the foreground (for the demo and manual testing) or just download it."""
     parser = launcher_parser(
-        "bridge.testing.kafka_broker",
+        "devtools.brokers.kafka",
         f"Run a single-node Apache Kafka {KAFKA_VERSION} from Maven Central jars.",
     )
     parser.add_argument("--port", type=int, default=0, help="client port (default: a free one)")

@@ -9,8 +9,10 @@ against, in ``.libs/``). This tool fetches that wheel through pip (so the config
 and proxy apply), checks its pinned SHA-256, and copies the library files next to the
 installed 2.0.0 package. It is idempotent: an already provisioned library is left alone.
 
-    python -m bridge.tools.librocketmq            # install next to the rocketmq package
-    python -m bridge.tools.librocketmq --check    # exit 1 with a message if missing
+    python -m bridge.rocketmq.provision            # install next to the rocketmq package
+    python -m bridge.rocketmq.provision --check    # exit 1 with a message if missing
+
+The wheel is kept in a cache folder (``--cache``, default :func:`default_cache`).
 """
 
 from __future__ import annotations
@@ -57,10 +59,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cache_dir() -> Path:
-    from bridge.testing.kafka_broker import DEFAULT_CACHE
-
-    return DEFAULT_CACHE / "librocketmq"
+def default_cache() -> Path:
+    """Where the wheel is kept when no ``--cache`` is given: ``$TMC_BRIDGE_CACHE/librocketmq``
+    when that is set; in a source checkout ``<repo>/.cache/librocketmq`` (git-ignored);
+    else ``$XDG_CACHE_HOME/tmc-bridge/librocketmq`` (``~/.cache`` by default). The image
+    build passes ``--cache``."""
+    shared = os.environ.get("TMC_BRIDGE_CACHE")
+    if shared:
+        return Path(shared) / "librocketmq"
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file() and (repo / "bridge").is_dir():
+        return repo / ".cache" / "librocketmq"
+    user = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(user) / "tmc-bridge" / "librocketmq"
 
 
 def fetch_wheel(cache: Path) -> Path:
@@ -109,7 +120,7 @@ def install(target: Path | None = None, cache: Path | None = None) -> Path:
     target = target or package_dir()
     if installed(target):
         return target / "librocketmq.so"
-    wheel = fetch_wheel(cache or _cache_dir())
+    wheel = fetch_wheel(cache or default_cache())
     with zipfile.ZipFile(wheel) as zf:
         for member in _MEMBERS:
             dest = target / member.removeprefix("rocketmq/")
@@ -125,16 +136,21 @@ def install(target: Path | None = None, cache: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that it loads")
-    parser.add_argument("--cache", type=Path, default=None, help="where the wheel is kept")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help=f"where the wheel is kept (default {default_cache()})",
+    )
     args = parser.parse_args(argv)
-    from bridge import rocketmq_sdk
+    from bridge.rocketmq import client
 
     try:
         if not args.check:
             path = install(cache=args.cache)
             print(f"librocketmq: {path}")
-        rocketmq_sdk.ensure_library()
-    except (ProvisionError, rocketmq_sdk.NativeLibraryMissing) as exc:
+        client.ensure_library()
+    except (ProvisionError, client.NativeLibraryMissing) as exc:
         print(f"librocketmq: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -34,9 +34,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bridge.config import load
+from bridge.config import RocketMQSinkConfig, load
 from bridge.sources.tmc.generator import OrderGenerator
-from bridge.tools import harness
+from devtools import harness
 
 
 def raw_producer_rate(bootstrap: str, topic: str, count: int, batch: int) -> float:
@@ -71,8 +71,9 @@ def raw_producer_rate(bootstrap: str, topic: str, count: int, batch: int) -> flo
 
 
 def raw_rocketmq_rate(name_server: str, topic: str, count: int, threads: int) -> float:
-    from bridge import rocketmq_sdk as sdk
-    from bridge.tools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+    from bridge.errors import RocketMQSendError
+    from bridge.rocketmq import client as sdk
+    from devtools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
 
     events = OrderGenerator(seed=7).events(count)
     settings = sdk.ClientSettings(
@@ -92,7 +93,7 @@ def raw_rocketmq_rate(name_server: str, topic: str, count: int, threads: int) ->
                 try:
                     producer.send(msg, str(ev.key))
                     break
-                except sdk.SendFailed:
+                except RocketMQSendError:
                     # Under thread contention librocketmq sometimes fails a send with
                     # "No route info" (a transport lock timeout); the bridge retries too.
                     retried[0] += 1
@@ -152,7 +153,7 @@ def report(sink: str, n: int, raw: float, stats: dict[str, Any], cpu: dict[str, 
 
 
 def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
-    from bridge.tools.demo import kafka_target, topics_of
+    from devtools.demo import kafka_target, topics_of
 
     cfg = load(config, env={"TMC_APP_SECRET": harness.DEMO_SECRET})
     topics = topics_of(cfg)
@@ -169,7 +170,7 @@ def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
 
 
 def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
-    from bridge.tools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, rocketmq_target, topics_of
+    from devtools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, rocketmq_target, topics_of
 
     env = {
         "TMC_APP_SECRET": harness.DEMO_SECRET,
@@ -177,7 +178,10 @@ def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
         "ROCKETMQ_SECRET_KEY": DEMO_SECRET_KEY,
     }
     cfg = load(config, env=env)
-    lanes = cfg.sink.rocketmq_config.send_threads
+    rocketmq = cfg.sink.get(RocketMQSinkConfig)
+    if rocketmq is None:
+        raise SystemExit(f"bench: {config} has no RocketMQ sink")
+    lanes = rocketmq.send_threads
     topics = topics_of(cfg)
     with rocketmq_target(workdir, [*topics, "bench_raw"]) as (broker_env, _):
         name_server = broker_env["ROCKETMQ_NAMESRV"]
@@ -193,7 +197,7 @@ def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.tools.bench")
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench")
     parser.add_argument("--sink", choices=["kafka", "rocketmq", "both"], default="both")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rocketmq-messages", type=int, default=50_000)

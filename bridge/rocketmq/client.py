@@ -1,10 +1,11 @@
 """The one module that talks to rocketmq-client-python (and through it, librocketmq).
 
-Everything else in the bridge uses the small typed surface below, for three reasons:
+Producers, the push consumer, the messages they carry and the connection settings.
+Everything else in the bridge uses this small typed surface, for these reasons:
 
 * **The native library may be missing.** ``rocketmq-client-python`` 2.0.0 is a ctypes
   wrapper and needs ``librocketmq.so``, which is provisioned separately
-  (``python -m bridge.tools.librocketmq``). Importing it lazily here turns a missing
+  (``python -m bridge.rocketmq.provision``). Importing it lazily here turns a missing
   library into one clear :class:`NativeLibraryMissing` at start-up, and keeps
   ``tmc-bridge --version`` and the Kafka-only paths free of it.
 * **Callbacks must never raise into C.** The library's own wrappers re-raise a Python
@@ -12,16 +13,14 @@ Everything else in the bridge uses the small typed surface below, for three reas
   int, which for a consumer is ``0`` = CONSUME_SUCCESS, i.e. a silent acknowledgement
   (shared/jushita-ons.md §4.6). Every callback here catches everything and returns the
   safe answer itself (RECONSUME_LATER, or UNKNOWN for a transaction check).
-* **The native client logs to its own file.** librocketmq writes warnings and errors
-  (for example the broker's ``AclException`` for a wrong secret, which the send path
-  only reports as "No route info") to ``$HOME/logs/rocketmq-cpp/<pid>_rocketmq-cpp.log.N``
-  (fixed when the library loads; the per-client log path setters do not move it, so
-  ``HOME`` must be writable). The bridge tails that file and forwards warnings and
-  errors into the structured log, rate-limited, with a plain hint for credential
-  problems.
+* **The native client logs to its own file**, which every client here has forwarded
+  into the structured log (:mod:`bridge.rocketmq.native_log`).
 * **Bytes, not text.** The library decodes bodies as UTF-8 and raises on anything else;
   a bridge must see the raw bytes to dead-letter them. Bodies are set with an explicit
   length too, so a NUL byte cannot cut a body short.
+
+A failed send raises :class:`~bridge.errors.RocketMQSendError`, classified as permanent
+(the message can never be sent) or not (:func:`classify`).
 
 Sends and consumer callbacks are synchronous C calls (the GIL is released inside them):
 run them on worker threads, never on the event loop.
@@ -31,18 +30,17 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import structlog
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, RocketMQSendError
+from bridge.rocketmq.address import fetch_name_servers
+from bridge.rocketmq.native_log import ensure_forwarding
 
 log = structlog.get_logger("bridge.rocketmq")
 
@@ -69,14 +67,6 @@ class NativeLibraryMissing(BridgeError):
     """librocketmq.so (or the rocketmq package) cannot be loaded."""
 
 
-class SendFailed(Exception):
-    """One send did not reach SEND_OK. ``permanent``: this record can never be sent."""
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
 def _load() -> tuple[ModuleType, ModuleType]:
     """Import ``rocketmq.client`` and ``rocketmq.ffi`` once, with a clear error."""
     global _modules
@@ -87,7 +77,7 @@ def _load() -> tuple[ModuleType, ModuleType]:
             except (ImportError, OSError) as exc:
                 raise NativeLibraryMissing(
                     "the RocketMQ native library librocketmq.so could not be loaded "
-                    f"({exc}); run `python -m bridge.tools.librocketmq` (the Makefile's "
+                    f"({exc}); run `python -m bridge.rocketmq.provision` (the Makefile's "
                     "install step and the Dockerfile do) or put librocketmq.so on the "
                     "library path"
                 ) from None
@@ -100,12 +90,12 @@ def ensure_library() -> None:
     _load()
 
 
-def classify(exc: BaseException) -> SendFailed:
+def classify(exc: BaseException) -> RocketMQSendError:
     """Map an exception of the library onto retriable / permanent."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     lowered = text.lower()
     permanent = any(marker in lowered for marker in _PERMANENT_MARKERS)
-    return SendFailed(f"{type(exc).__name__}: {text}", permanent=permanent)
+    return RocketMQSendError(f"{type(exc).__name__}: {text}", permanent=permanent)
 
 
 def default_instance_name(group: str) -> str:
@@ -195,28 +185,8 @@ def _read(ffi: ModuleType, handle: Any, property_names: Sequence[str]) -> InMess
     )
 
 
-def fetch_name_servers(url: str, timeout_s: float = 5.0) -> str:
-    """Ask an ONS address server (``ONSAddr``) for the ``host:port;host:port`` list.
-
-    librocketmq's own support (``set_name_server_domain``) fetches the list once and then
-    loses the domain in its periodic refresh ("fetchNSAddr with domain is empty"), after
-    which the client finds no routes; so the bridge fetches the list itself at start-up.
-    """
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - configured URL
-            text = resp.read(4096).decode("ascii", "replace").strip()
-    except OSError as exc:
-        raise BridgeError(f"address server {url} did not answer: {exc}") from None
-    addrs = [a.strip() for a in text.split(";") if a.strip()]
-    if not addrs or not all(re.fullmatch(r"[\w.-]+:\d+", a) for a in addrs):
-        raise BridgeError(f"address server {url} answered {text[:100]!r}, not host:port;...")
-    return ";".join(addrs)
-
-
 def _configure(client: Any, settings: ClientSettings) -> None:
-    _NativeLog.instance()
+    ensure_forwarding()
     if settings.name_server is not None:
         client.set_name_server_address(settings.name_server)
     else:
@@ -244,7 +214,7 @@ def _receipt(client_mod: ModuleType, result: Any) -> SendReceipt:
     if result.status != client_mod.SendStatus.OK:
         # Stored on the master but not flushed/replicated as configured: not durable
         # in the sense the bridge promises, so it is retried (a possible duplicate).
-        raise SendFailed(f"send status {result.status.name}", permanent=False)
+        raise RocketMQSendError(f"send status {result.status.name}", permanent=False)
     return SendReceipt(msg_id=result.msg_id, offset=int(result.offset))
 
 
@@ -283,7 +253,7 @@ class Producer:
                 result = self._producer.send_sync(out)
             else:
                 result = self._producer.send_orderly_with_sharding_key(out, sharding_key)
-        except SendFailed:
+        except RocketMQSendError:
             raise
         except Exception as exc:
             raise classify(exc) from None
@@ -382,7 +352,7 @@ class TransactionalProducer:
                 # "Origin" accessors are valid on it.
                 txn = _text(ffi.dll.GetOriginMessageProperty(message, UNIQ_KEY.encode()))
                 if not txn:
-                    raise SendFailed("half message without UNIQ_KEY", permanent=False)
+                    raise RocketMQSendError("half message without UNIQ_KEY", permanent=False)
                 return int(status.COMMIT if local(txn) else status.ROLLBACK)
             except BaseException as exc:
                 outcome.append(exc)
@@ -401,7 +371,7 @@ class TransactionalProducer:
         except Exception as exc:
             raise classify(exc) from None
         if outcome:
-            raise SendFailed(f"local transaction failed: {outcome[0]}", permanent=False)
+            raise RocketMQSendError(f"local transaction failed: {outcome[0]}", permanent=False)
         return SendReceipt(msg_id=_text(result.msgId), offset=int(result.offset))
 
     def shutdown(self) -> None:
@@ -460,79 +430,3 @@ class PushConsumer:
 
     def shutdown(self) -> None:
         self._consumer.shutdown()
-
-
-#: Lines of the native log worth forwarding, e.g.
-#: ``[2026-Nov-22 01:51:19.636394](error):msg: ...[findConsumerIds:1029]``
-_NATIVE_LINE = re.compile(r"^\[[^]]*\]\((?P<level>error|warning)\):(?P<text>.*)$")
-#: Lines the library logs at warning/error level in normal operation.
-_NATIVE_NOISE = (
-    "stopAllTcpTransportThread End",  # every shutdown, at "error" level
-    "brokeradd is empty",  # heartbeat before the first route is known
-    "%RETRY%",  # a new consumer group's retry topic does not exist yet
-)
-_NATIVE_HINTS = (
-    ("AclException", "the broker refused the credentials: check access_key, secret_key, channel"),
-    ("No route info", "no route: the topic does not exist, or the credentials were refused"),
-)
-
-
-class _NativeLog:
-    """Tails librocketmq's log file and forwards warnings and errors (one per process)."""
-
-    _instance: _NativeLog | None = None
-    _guard = threading.Lock()
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._log = structlog.get_logger("bridge.rocketmq.native")
-        self._offsets: dict[Path, int] = {}
-        self._last_seen: dict[str, float] = {}
-        thread = threading.Thread(target=self._run, name="rocketmq-native-log", daemon=True)
-        thread.start()
-
-    @classmethod
-    def instance(cls) -> _NativeLog:
-        with cls._guard:
-            if cls._instance is None:
-                home = Path(os.environ.get("HOME") or Path.home())
-                cls._instance = cls(home / "logs" / "rocketmq-cpp")
-            return cls._instance
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(0.5)
-            try:
-                self.poll()
-            except OSError:
-                continue
-
-    def poll(self) -> None:
-        for path in sorted(self.directory.glob(f"{os.getpid()}_rocketmq-cpp.log*")):
-            start = self._offsets.get(path, 0)
-            with path.open("rb") as fh:
-                fh.seek(start)
-                chunk = fh.read()
-            complete = chunk.rfind(b"\n") + 1
-            self._offsets[path] = start + complete
-            for raw in chunk[:complete].decode("utf-8", "replace").splitlines():
-                self._forward(raw)
-
-    def _forward(self, line: str) -> None:
-        match = _NATIVE_LINE.match(line)
-        if match is None:
-            return
-        text = match.group("text").strip()
-        if any(noise in text for noise in _NATIVE_NOISE):
-            return
-        # Rate limit per message shape (digits stripped): the client repeats itself.
-        shape = re.sub(r"\d+", "#", text)[:200]
-        now = time.monotonic()
-        if now - self._last_seen.get(shape, -1e9) < 60:
-            return
-        self._last_seen[shape] = now
-        hint = next((h for marker, h in _NATIVE_HINTS if marker in text), None)
-        if match.group("level") == "error" or hint is not None:
-            self._log.error("rocketmq client", native=text[:500], hint=hint)
-        else:
-            self._log.warning("rocketmq client", native=text[:500])

@@ -1,17 +1,17 @@
-"""Pure checks of configuration values: hosts, ports, URLs, address lists, blanks."""
+"""What every config model shares: the base model, field types, the secret reader, and
+pure checks of values (hosts, ports, URLs, address lists, blanks)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import (
-    AfterValidator,
-    Field,
-    SecretStr,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+
+from bridge.errors import ConfigError
 
 #: RocketMQ's own topic rule (TopicValidator): no dots, unlike Kafka.
 _ROCKETMQ_TOPIC = re.compile(r"^[%|a-zA-Z0-9_-]{1,127}$")
@@ -171,3 +171,49 @@ def _address_list_problems(
         if problem is not None:
             problems.append(f"{entry!r} is not host:port ({problem})")
     return "; ".join(problems)
+
+
+class _Model(BaseModel):
+    # allow_inf_nan=False: an infinite or NaN timeout would reach asyncio and librdkafka.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
+
+
+def _secret(value: SecretStr | None, path: Path | None, key: str) -> str:
+    if value is not None:
+        return value.get_secret_value()
+    assert path is not None
+    # The path is echoed (it names a mount, not a secret); the content never is.
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{key}: {path} is empty")
+    return secret
+
+
+def public_url(url: str) -> str:
+    """The URL for printing: a ``user:password@`` part is replaced by ``***@``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+_REPORT_HEAD = "invalid configuration:\n"
+
+
+def _report(lines: list[str]) -> str:
+    """One ConfigError text for several problems: a head line, then one line each."""
+    return _REPORT_HEAD + "\n".join(f"  {line}" for line in lines)
+
+
+def _report_lines(text: str) -> list[str]:
+    """The problem lines of a :func:`_report` text (or the text itself, if it is one)."""
+    if not text.startswith(_REPORT_HEAD):
+        return [text]
+    return [line.strip() for line in text.removeprefix(_REPORT_HEAD).splitlines()]

@@ -1,4 +1,5 @@
-"""TMC asyncio driver: WebSocket I/O around the sans-I/O :class:`ClientSession`.
+"""TMC asyncio driver: WebSocket I/O around the sans-I/O
+:class:`~bridge.sources.tmc.session.ClientSession`.
 
 One :class:`TmcSource` runs ``connections`` independent :class:`_Connection` tasks to the
 same group. Each connection loops: connect, log in, pull right away and then every
@@ -29,9 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -39,26 +39,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
-from bridge.config import TmcSourceConfig
 from bridge.errors import ConfigError, FrameError, LoginError, ProtocolError, TmcError
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
+from bridge.pipeline.ports import Ack, Source, Submit
+from bridge.retry import Backoff
 from bridge.sources.tmc import transport
-from bridge.sources.tmc.protocol import ClientSession, Ignored, LoggedIn, Push, Rejected
+from bridge.sources.tmc.config import TmcSourceConfig
+from bridge.sources.tmc.session import ClientSession, Ignored, LoggedIn, Push, Rejected
 
 log = structlog.get_logger("bridge.source.tmc")
-
-Submit = Callable[[Delivery], Awaitable[None]]
-
-
-def backoff(min_s: float, max_s: float, *, rng: random.Random | None = None) -> Iterator[float]:
-    """Reconnect delays: exponential from ``min_s``, capped at ``max_s``, jittered upward
-    (x1.0-1.5) so the first retry is never sooner than ``min_s`` and replicas spread out."""
-    rand = rng or random.Random()
-    base = min_s
-    while True:
-        yield min(max_s, base * rand.uniform(1.0, 1.5))
-        base = min(max_s, max(base * 2, 0.1))
 
 
 def _without_user_info(url: str) -> str:
@@ -94,6 +84,8 @@ class _Connection:
         self._metrics = metrics
         self._config = config
         self._submit = submit
+        # Jittered upward, so the first retry waits at least reconnect_min_s.
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self.session = ClientSession(
             config.app_key,
             secret,
@@ -137,7 +129,7 @@ class _Connection:
     # -- lifecycle ----------------------------------------------------------------
 
     async def run(self) -> None:
-        delays = backoff(self._config.reconnect_min_s, self._config.reconnect_max_s)
+        delays = self._backoff.delays()
         while not self._stop.is_set():
             logged_in = False
             try:
@@ -184,7 +176,7 @@ class _Connection:
             if logged_in:
                 # A session that got online resets the back-off, but the first retry
                 # still waits reconnect_min_s: the platform refuses fast reconnects.
-                delays = backoff(self._config.reconnect_min_s, self._config.reconnect_max_s)
+                delays = self._backoff.delays()
             delay = next(delays)
             self._log.info("tmc reconnecting", in_s=round(delay, 2))
             with contextlib.suppress(TimeoutError):
@@ -290,7 +282,8 @@ class _Connection:
                     topic=msg.topic,
                     reason=msg.malformed,
                 )
-            return Delivery(msg, [_Ack(self, generation, msg.message_id)])
+            ack: Ack = _Ack(self, generation, msg.message_id)
+            return Delivery(msg, [ack])
         if isinstance(event, Rejected):
             kind = "oversized" if cut else "unconfirmable"
             self._skip(kind, event.reason, message_id=event.message_id)
@@ -348,20 +341,17 @@ class _Connection:
             await ws.close(1000, "tmc client closed")
 
 
-class TmcSource:
+class TmcSource(Source):
     """``connections`` parallel logins to one TMC group, all feeding one pipeline."""
 
     name = "tmc"
 
-    def __init__(
-        self, config: TmcSourceConfig, submit: Submit, *, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, config: TmcSourceConfig, submit: Submit, *, metrics: Metrics) -> None:
         try:
             parse_uri(config.url)
         except (InvalidURI, ValueError) as exc:
             raise ConfigError(f"source.tmc.url: {exc}") from None
         secret = config.secret()
-        metrics = metrics or Metrics()
         self._connections = [
             _Connection(i, config, secret, submit, metrics) for i in range(config.connections)
         ]

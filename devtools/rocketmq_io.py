@@ -5,10 +5,10 @@
   publish_time, user_id, user_nick, publisher_appkey}``, tag = the TMC topic, key = the
   business id. It returns a ledger in the simulator's format, so the same checks apply.
 * :func:`read_topics` consumes topics from the beginning with a fresh consumer group
-  and returns :class:`~bridge.tools.harness.Arrived` records (queue id as partition,
+  and returns :class:`~devtools.harness.Arrived` records (queue id as partition,
   queue offset as offset), so per-order queue placement and order can be checked.
 
-Both go through :mod:`bridge.rocketmq_sdk`, like the bridge itself.
+Both go through :mod:`bridge.rocketmq.client`, like the bridge itself.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import threading
 import time
 from typing import Any
 
-from bridge import rocketmq_sdk as sdk
+from bridge.errors import RocketMQSendError
 from bridge.headers import H_MESSAGE_ID
+from bridge.rocketmq import client as sdk
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event
-from bridge.tools.harness import Arrived
+from devtools.harness import Arrived
 
 #: Jushita's outgoing ids are TMC ids, above 2^53 (shared/jushita-ons.md §3.2).
 FIRST_OUTGOING_ID = 5_100_407_799_000_000_000
@@ -76,7 +77,7 @@ class JushitaPublisher:
             try:
                 self._producer.send(msg, key if by_key else None)
                 return
-            except sdk.SendFailed:
+            except RocketMQSendError:
                 # A fresh topic's route reaches the client a moment after creation.
                 if time.monotonic() > deadline:
                     raise

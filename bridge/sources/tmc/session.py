@@ -1,16 +1,18 @@
-"""Sans-I/O TMC sessions: frames in, events and frames out (shared/tmc-protocol.md §5-§6).
+"""Sans-I/O TMC client session: frames in, events and frames out (shared/tmc-protocol.md
+§5-§6).
 
-:class:`ClientSession` is what the bridge speaks; :class:`ServerSession` is the server side
-used by the simulator. Neither touches sockets, clocks or asyncio: the caller passes the
-current time where the protocol needs it, so both are tested with bytes alone.
+:class:`ClientSession` is what the bridge speaks (the simulator's side is
+:mod:`bridge.sources.tmc.server`). It touches no socket, clock or asyncio: the caller
+passes the current time where the protocol needs it, so it is tested with bytes alone.
+Frames are composed from :mod:`~bridge.sources.tmc.codec` pieces; the byte layout is
+the codec's alone. A push is validated field by field here (:func:`int_field`,
+:func:`str_field`, the gzip content): a bad field marks the message malformed.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
-import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,9 +43,6 @@ def sign(secret: str, app_key: str, group_name: str, timestamp: str) -> str:
     base = f"{secret}app_key{app_key}group_name{group_name}timestamp{timestamp}{secret}"
     # MD5 is what the platform mandates here; it is a signature scheme, not our choice.
     return hashlib.md5(base.encode("utf-8"), usedforsecurity=False).hexdigest().upper()
-
-
-# ----------------------------------------------------------------------------- client
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +118,8 @@ class ClientSession:
         self.state = State.IDLE
         self.token: str | None = None
         self._flag = 0
-        # Prebuilt frame heads for the hot path (confirms are one per message, §6.2).
+        # The SEND head of the current login, built by the codec once per login: confirms
+        # are one per message (§6.2) and only append the id to prebuilt parts.
         self._send_head = b""
 
     def connect(self, now_ms: int) -> bytes:
@@ -209,9 +209,7 @@ class ClientSession:
             raise ProtocolError("CONNECTACK without status and without token")
         self.token = frame.token
         self.state = State.ONLINE
-        self._send_head = (
-            b"\x02\x02\x05\x00" + _I32.pack(len(frame.token.encode())) + (frame.token.encode())
-        )
+        self._send_head = codec.send_head(frame.token)
         return LoggedIn(frame.token)
 
     def _online_head(self) -> bytes:
@@ -221,18 +219,16 @@ class ClientSession:
 
     def pull(self) -> bytes:
         """Pull request (§6.4, vector §7.5)."""
-        return self._online_head() + _KIND_PULL + b"\x00\x00"
+        return self._online_head() + _PULL_BODY
 
     def confirm(self, message_id: int) -> bytes:
         """Confirm one message id (§6.2, vector §7.4). Always Int64."""
-        return self._online_head() + _KIND_CONFIRM + _ID_KEY + _id_bytes(message_id) + b"\x00\x00"
+        return self._online_head() + _CONFIRM_ID + _id_value(message_id) + _END
 
     def fail(self, message_id: int, reason: str | None) -> bytes:
         """Failed / nack (§6.3, vector §7.6): SEND with token, kind 20, id, msg <= 128 chars."""
         msg = codec.encode_custom("msg", codec.string(reason[:FAILED_MSG_MAX] if reason else None))
-        return (
-            self._online_head() + _KIND_FAILED + _ID_KEY + _id_bytes(message_id) + msg + b"\x00\x00"
-        )
+        return self._online_head() + _FAILED_ID + _id_value(message_id) + msg + _END
 
     def lost(self) -> None:
         """The socket is gone: drop the token; nothing may be sent until the next login."""
@@ -240,21 +236,27 @@ class ClientSession:
         self.token = None
 
 
-_I32 = struct.Struct("<i")
-_I64 = struct.Struct("<q")
-_I8 = struct.Struct("<b")
-_KIND_PULL = codec.encode_custom("__kind", codec.byte(Kind.PULL_REQUEST))
-_KIND_CONFIRM = codec.encode_custom("__kind", codec.byte(Kind.CONFIRM))
-_KIND_FAILED = codec.encode_custom("__kind", codec.byte(Kind.FAILED))
-_ID_KEY = b"\x01\x00\x02\x00\x00\x00id\x05"
+# Constant frame parts, built by the codec once: a frame is a send head, these, the
+# values and END_OF_HEADERS.
+_END = codec.END_OF_HEADERS
+_PULL_BODY = codec.encode_custom("__kind", codec.byte(Kind.PULL_REQUEST)) + _END
+_CONFIRM_ID = codec.encode_custom("__kind", codec.byte(Kind.CONFIRM)) + codec.custom_head(
+    "id", Fmt.INT64
+)
+_FAILED_ID = codec.encode_custom("__kind", codec.byte(Kind.FAILED)) + codec.custom_head(
+    "id", Fmt.INT64
+)
 
 
-def _id_bytes(message_id: int) -> bytes:
+def _id_value(message_id: int) -> bytes:
     # Pushes are validated on arrival, so only a bug gets here; it must not be a
     # struct.error that ends the connection task (or the pipeline confirming it).
-    if not INT64_MIN <= message_id <= INT64_MAX:
-        raise ProtocolError(f"message id {message_id} does not fit Int64; cannot confirm it")
-    return _I64.pack(message_id)
+    try:
+        return codec.int64_value(message_id)
+    except FrameError:
+        raise ProtocolError(
+            f"message id {message_id} does not fit Int64; cannot confirm it"
+        ) from None
 
 
 _F = TypeVar("_F")
@@ -264,8 +266,9 @@ class _BadField(ProtocolError):
     """One field of a push has a value the bridge cannot take (the reason is the text)."""
 
 
-def _int_field(frame: Frame, key: str) -> int | None:
-    """An integer field: any integer format, or a String of ASCII digits within Int64.
+def int_field(frame: Frame, key: str) -> int | None:
+    """An integer field: any integer format, or a String of ASCII digits within Int64;
+    None when absent or Void. Anything else raises ProtocolError (the reason).
 
     Fixed-width formats fit Int64 by construction. A String is checked before ``int()``:
     ``str.isdigit`` is true for "²" and ``int`` refuses more than 4,300 digits.
@@ -288,7 +291,9 @@ def _int_field(frame: Frame, key: str) -> int | None:
     raise _BadField(f"field {key!r} has format {value.fmt.name}, expected an integer")
 
 
-def _str_field(frame: Frame, key: str) -> str | None:
+def str_field(frame: Frame, key: str) -> str | None:
+    """A String field (an integer one as its text); None when absent or Void. A ByteArray
+    raises ProtocolError (the reason)."""
     data = frame.get(key)
     if data is None or isinstance(data, str):
         return data
@@ -346,7 +351,7 @@ def _push_from(frame: Frame, received_ns: int, max_content_bytes: int) -> Push |
     confirm it); any other bad field marks it malformed (dead-lettered, then confirmed).
     The first problem found is the reason; the message keeps whatever else was valid."""
     try:
-        message_id = _int_field(frame, "id")
+        message_id = int_field(frame, "id")
     except _BadField as exc:
         return Rejected(f"data push not confirmable: {exc}", _raw_text(frame, "id"))
     if message_id is None:
@@ -360,7 +365,7 @@ def _push_from(frame: Frame, received_ns: int, max_content_bytes: int) -> Push |
             problems.append(str(exc))
             return None
 
-    topic = field(_str_field, "topic")
+    topic = field(str_field, "topic")
     if not topic:
         problems.append("data push without a topic")
         topic = "unknown"
@@ -370,19 +375,19 @@ def _push_from(frame: Frame, received_ns: int, max_content_bytes: int) -> Push |
         problems.append(str(exc))
         raw = frame.get("content")
         content = raw if isinstance(raw, bytes) else b""
-    publish_time = field(_int_field, "time")
+    publish_time = field(int_field, "time")
     if publish_time is not None and not 0 <= publish_time <= MAX_TIME_MS:
         problems.append(f"field 'time' is {publish_time}, not a date (ms since 1970)")
         publish_time = None
-    data_id = field(_int_field, "dataid")
+    data_id = field(int_field, "dataid")
     if data_id is None:
-        data_id = field(_int_field, "data_id")
-    user_id = field(_int_field, "userid")
-    publisher = field(_str_field, "publisher")
-    nick = field(_str_field, "nick")
+        data_id = field(int_field, "data_id")
+    user_id = field(int_field, "userid")
+    publisher = field(str_field, "publisher")
+    nick = field(str_field, "nick")
     # Counted only, never written anywhere: a bad value is dropped, not a reason.
     try:
-        retried = _int_field(frame, "retried")
+        retried = int_field(frame, "retried")
     except _BadField:
         retried = None
     return Push(
@@ -411,254 +416,21 @@ def _raw_text(frame: Frame, key: str) -> str | None:
     return text[:40]
 
 
-# ----------------------------------------------------------------------------- server
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectRequest:
-    app_key: str
-    group_name: str
-    timestamp: str
-    flag: int
-    sign_ok: bool
-    sdk: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PullRequest:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Confirm:
-    message_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    message_id: int
-    reason: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    topic: str
-    content: str
-    flag: int
-
-
-ServerEvent = ConnectRequest | PullRequest | Confirm | Failed | Publish
-
-
-class ServerSession:
-    """The server side of one socket (simulator, §11): AWAIT_CONNECT -> ONLINE.
-
-    ``secrets`` maps app keys to secrets; an unknown app key fails the sign check.
-    ``strict`` requires the token on every SEND and Int64 ids; lenient mode accepts the
-    variants seen in the wild (§6.3: Failed as SENDACK or without token).
-    """
-
-    def __init__(self, secrets: dict[str, str], *, strict: bool = False) -> None:
-        self._secrets = secrets
-        self.strict = strict
-        self.token: str | None = None
-        self.app_key: str | None = None
-        self.group_name: str | None = None
-        self.version = codec.PROTOCOL_VERSION
-        self._push_head = b""
-
-    @property
-    def online(self) -> bool:
-        return self.token is not None
-
-    def receive(self, data: bytes) -> ServerEvent:
-        frame = codec.decode(data, strict_utf8=True)
-        if not self.online:
-            if frame.type is not MessageType.CONNECT:
-                raise ProtocolError(f"expected CONNECT, got {frame.type.name}")
-            return self._connect_request(frame)
-        if frame.type is MessageType.CONNECT:
-            raise ProtocolError("only allow sinle endpoint connected on a channel")  # sic, §5.5
-        if frame.type not in (MessageType.SEND, MessageType.SENDACK):
-            raise ProtocolError(f"unexpected {frame.type.name} from a client")
-        if frame.token != self.token and (self.strict or frame.token is not None):
-            raise ProtocolError("SEND with a wrong or missing token")
-        kind = frame.custom.get("__kind")
-        if kind is None:
-            raise ProtocolError("SEND without __kind")
-        if kind.fmt is not Fmt.BYTE and self.strict:
-            raise ProtocolError(f"__kind has format {kind.fmt.name}, expected Byte")
-        kind_value = _kind_value(kind.data)
-        if kind_value == Kind.PULL_REQUEST:
-            return PullRequest()
-        if kind_value in (Kind.CONFIRM, Kind.FAILED):
-            id_value = frame.custom.get("id")
-            if id_value is None or not isinstance(id_value.data, int):
-                raise ProtocolError("confirm/failed without an integer id")
-            if self.strict and id_value.fmt is not Fmt.INT64:
-                raise ProtocolError(f"id has format {id_value.fmt.name}, expected Int64")
-            if kind_value == Kind.CONFIRM:
-                return Confirm(id_value.data)
-            return Failed(id_value.data, _str_field(frame, "msg"))
-        if kind_value == Kind.DATA:
-            return Publish(
-                _str_field(frame, "topic") or "", _str_field(frame, "content") or "", frame.flag
-            )
-        raise ProtocolError(f"unknown __kind {kind.data!r}")
-
-    def _connect_request(self, frame: Frame) -> ConnectRequest:
-        self.version = frame.version
-        fields = {}
-        for key in ("app_key", "group_name", "timestamp", "sign"):
-            value = _str_field(frame, key)
-            if not value:
-                raise ProtocolError(f"CONNECT without {key!r}")
-            fields[key] = value
-        secret = self._secrets.get(fields["app_key"])
-        # Bytes, not str: compare_digest refuses non-ASCII text, and a sign is whatever
-        # the client sent.
-        sign_ok = secret is not None and hmac.compare_digest(
-            sign(secret, fields["app_key"], fields["group_name"], fields["timestamp"]).encode(),
-            fields["sign"].upper().encode("utf-8", "replace"),
-        )
-        return ConnectRequest(
-            app_key=fields["app_key"],
-            group_name=fields["group_name"],
-            timestamp=fields["timestamp"],
-            flag=frame.flag,
-            sign_ok=sign_ok,
-            sdk=_str_field(frame, "sdk"),
-        )
-
-    def accept(self, request: ConnectRequest, token: str) -> bytes:
-        """CONNECTACK success: the CONNECT's Flag echoed and a token (§5.4)."""
-        self.token = token
-        self.app_key = request.app_key
-        self.group_name = request.group_name
-        raw = token.encode()
-        self._push_head = bytes((self.version, MessageType.SEND)) + b"\x05\x00"
-        self._push_head += (
-            _I32.pack(len(raw)) + raw + codec.encode_custom("__kind", codec.byte(Kind.DATA))
-        )
-        return codec.encode(
-            Frame(MessageType.CONNECTACK, version=self.version, flag=request.flag, token=token)
-        )
-
-    def reject(self, flag: int, status_code: int, status_phrase: str) -> bytes:
-        """CONNECTACK failure: StatusCode/StatusPhrase, Flag echoed, no token (§5.5)."""
-        return codec.encode(
-            Frame(
-                MessageType.CONNECTACK,
-                version=self.version,
-                status_code=status_code,
-                status_phrase=status_phrase,
-                flag=flag,
-            )
-        )
-
-    def push(self, body: bytes) -> bytes:
-        """A data push: token + ``__kind`` 3 + the Custom entries from :func:`push_body`."""
-        if not self.online:
-            raise ProtocolError("cannot push before the session is online")
-        return self._push_head + body + b"\x00\x00"
-
-
-def _kind_value(data: object) -> int:
-    """``__kind`` as an int: any integer format, or (lenient, tmc.js style) a String of
-    one or two ASCII digits; anything else is -1, an unknown kind."""
-    if isinstance(data, int):
-        return data
-    if isinstance(data, str) and 0 < len(data) <= 2 and data.isascii() and data.isdigit():
-        return int(data)
-    return -1
-
-
-def push_static(
-    message_id: int,
-    topic: str,
-    content: str | bytes,
-    *,
-    publish_time_ms: int,
-    publisher: str,
-    user_id: int,
-    nick: str,
-    data_id: int | None,
-) -> bytes:
-    """The Custom entries of a push that do not change between attempts, in the canonical
-    formats of §4.5 / §6.1 (``id`` Int64, ``time`` Date, ...). Encoded once per message."""
-    parts = [
-        _ID_KEY + _I64.pack(message_id),
-        codec.encode_custom("topic", codec.string(topic)),
-        codec.encode_custom(
-            "content",
-            Value(Fmt.BYTE_ARRAY, content) if isinstance(content, bytes) else codec.string(content),
-        ),
-        codec.encode_custom("time", codec.date_ms(publish_time_ms)),
-        codec.encode_custom("publisher", codec.string(publisher)),
-        codec.encode_custom("userid", codec.int64(user_id)),
-        codec.encode_custom("nick", codec.string(nick)),
-    ]
-    if data_id is not None:
-        parts.append(codec.encode_custom("dataid", codec.int64(data_id)))
-    return b"".join(parts)
-
-
-_OUTTIME_KEY = codec.encode_custom("outtime", codec.date_ms(0))[:-8]
-_RETRIED_KEY = codec.encode_custom("retried", codec.byte(0))[:-1]
-
-
-def push_extras(out_time_ms: int, retried: int | None = None) -> bytes:
-    """The per-attempt entries: ``outtime`` (Date) and, on redelivery, ``retried`` (Byte)."""
-    extra = _OUTTIME_KEY + _I64.pack(out_time_ms)
-    if retried is not None:
-        extra += _RETRIED_KEY + _I8.pack(min(retried, 127))
-    return extra
-
-
-def push_body(
-    message_id: int,
-    topic: str,
-    content: str | bytes,
-    *,
-    publish_time_ms: int,
-    out_time_ms: int,
-    publisher: str,
-    user_id: int,
-    nick: str,
-    data_id: int | None,
-    retried: int | None = None,
-) -> bytes:
-    """All Custom entries of one push attempt (static part + per-attempt part)."""
-    return push_static(
-        message_id,
-        topic,
-        content,
-        publish_time_ms=publish_time_ms,
-        publisher=publisher,
-        user_id=user_id,
-        nick=nick,
-        data_id=data_id,
-    ) + push_extras(out_time_ms, retried)
-
-
 __all__ = [
+    "DEFAULT_MAX_CONTENT_BYTES",
+    "FAILED_MSG_MAX",
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_TIME_MS",
     "ClientEvent",
     "ClientSession",
-    "Confirm",
-    "ConnectRequest",
-    "Failed",
-    "FrameError",
     "Ignored",
     "Kind",
     "LoggedIn",
-    "Publish",
-    "PullRequest",
     "Push",
     "Rejected",
-    "ServerEvent",
-    "ServerSession",
-    "push_body",
-    "push_extras",
-    "push_static",
+    "State",
+    "int_field",
     "sign",
+    "str_field",
 ]

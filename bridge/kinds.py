@@ -1,0 +1,59 @@
+"""What an adapter declares to be registered: its type name, its config model, a factory.
+
+Each source and sink module declares one :class:`SourceKind` or :class:`SinkKind` next to
+its config model (``bridge/sources/tmc/config.py``, ``bridge/sinks/kafka_config.py``, …);
+:mod:`bridge.registry` lists them. The config (``source.type`` and the section of that
+name), the composition root and ``check-config`` all read the registry, so adding an
+adapter is its own modules plus one line there.
+
+Factories import their implementation lazily: reading a config loads neither
+librdkafka nor librocketmq nor websockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from bridge.observability.metrics import Metrics
+    from bridge.pipeline.ports import BatchSink, Source, Submit
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _nothing(*_args: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SourceKind(Generic[C]):
+    #: ``source.type`` value, and the name of the section holding ``config``.
+    name: str
+    config: type[C]
+    build: Callable[[C, Submit, Metrics], Source]
+    #: One line for ``check-config`` (no secrets).
+    summary: Callable[[C], str]
+    #: Fields of the "bridge starting" log line (no secrets).
+    log_fields: Callable[[C], dict[str, object]]
+    #: Checks beyond the file (e.g. a secret file is readable); raises ConfigError.
+    check: Callable[[C], None] = _nothing
+    #: What must be installed (e.g. a native library); ``check-config`` calls it.
+    requirements: Callable[[], None] = field(default=_nothing)
+
+
+@dataclass(frozen=True)
+class SinkKind(Generic[C]):
+    #: ``sink.type`` value, and the name of the section holding ``config``.
+    name: str
+    config: type[C]
+    #: (config, metrics, dead-letter topic) -> the sink.
+    build: Callable[[C, Metrics, str], BatchSink]
+    summary: Callable[[C], str]
+    #: Why a topic name is not valid for this broker, or None when it is.
+    topic_problem: Callable[[str], str | None]
+    check: Callable[[C], None] = _nothing
+    requirements: Callable[[], None] = field(default=_nothing)

@@ -1,0 +1,49 @@
+"""The ``sink.kafka`` adapter's registration: its type name, config model and factory.
+
+The implementation is imported inside the factory, so reading a config loads none of it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.config_fields import _KAFKA_TOPIC
+from bridge.kinds import SinkKind
+from bridge.sinks.kafka_config import KafkaSinkConfig
+
+if TYPE_CHECKING:
+    from bridge.observability.metrics import Metrics
+    from bridge.pipeline.ports import BatchSink
+
+
+def _build(config: KafkaSinkConfig, metrics: Metrics, dead_letter_topic: str) -> BatchSink:
+    # Imported here: only a Kafka bridge loads librdkafka.
+    from bridge.sinks.kafka import KafkaSink
+
+    # The probe asks for the dead-letter topic's metadata: a topic the bridge may write
+    # to anyway, and one small answer instead of the whole cluster's topic list.
+    return KafkaSink(config, metrics=metrics, probe_topic=dead_letter_topic)
+
+
+def _check(config: KafkaSinkConfig) -> None:
+    from bridge.sinks.kafka_check import check_offline
+
+    check_offline(config)
+
+
+def _topic_problem(name: str) -> str | None:
+    if _KAFKA_TOPIC.match(name) and name not in (".", ".."):
+        return None
+    return (
+        f"{name!r} is not a valid Kafka topic name "
+        "(letters, digits, . _ -; at most 249 characters; not . or ..)"
+    )
+
+
+KIND = SinkKind(
+    name="kafka",
+    config=KafkaSinkConfig,
+    build=_build,
+    summary=lambda c: f"kafka {c.bootstrap_servers} transactional_id={c.transactional_id}",
+    check=_check,
+    topic_problem=_topic_problem,
+)

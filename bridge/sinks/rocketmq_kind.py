@@ -1,0 +1,54 @@
+"""The ``sink.rocketmq`` adapter's registration: its type name, config model and factory.
+
+The implementation is imported inside the factory, so reading a config loads none of it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.config_fields import _ROCKETMQ_TOPIC, public_url
+from bridge.kinds import SinkKind
+from bridge.sinks.rocketmq_config import RocketMQSinkConfig
+
+if TYPE_CHECKING:
+    from bridge.observability.metrics import Metrics
+    from bridge.pipeline.ports import BatchSink
+
+
+def _build(config: RocketMQSinkConfig, metrics: Metrics, dead_letter_topic: str) -> BatchSink:
+    # Imported here: only a RocketMQ bridge loads librocketmq.
+    from bridge.sinks.rocketmq import RocketMQSink
+
+    return RocketMQSink(config, metrics=metrics)
+
+
+def _check(config: RocketMQSinkConfig) -> None:
+    config.credentials("sink.rocketmq.secret_key_file")  # the secret file must be readable
+
+
+def _requirements() -> None:
+    from bridge.rocketmq.client import ensure_library
+
+    ensure_library()
+
+
+def _topic_problem(name: str) -> str | None:
+    if _ROCKETMQ_TOPIC.match(name):
+        return None
+    return (
+        f"{name!r} is not a valid RocketMQ topic name "
+        "(letters, digits, _ - % |; no dots; at most 127 characters)"
+    )
+
+
+KIND = SinkKind(
+    name="rocketmq",
+    config=RocketMQSinkConfig,
+    build=_build,
+    summary=lambda c: (
+        f"rocketmq {c.name_server or public_url(c.name_server_domain or '')} mode={c.mode}"
+    ),
+    check=_check,
+    topic_problem=_topic_problem,
+    requirements=_requirements,
+)

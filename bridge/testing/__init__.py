@@ -1,1 +1,0 @@
-"""Test helpers that run real infrastructure (a single-node Kafka) without Docker."""
