@@ -198,6 +198,12 @@ class KafkaSink:
                 continue
             self._note(err)
             self._abort(producer)
+            # A record the broker refused for good fails the transaction, and librdkafka
+            # then refuses every later produce() with _STATE: report that record, or the
+            # same batch would be re-sent (and refused) forever.
+            earlier = self._permanent_refusals(producer)
+            if earlier:
+                return earlier
             raise SinkError(
                 f"produce failed: {self._describe(err)}",
                 fatal=err.fatal(),
@@ -258,11 +264,7 @@ class KafkaSink:
                     ) from None
                 if action is Action.ABORT_AND_RESEND:
                     self._abort(producer)
-                    refused = [
-                        Refused(i, self._describe(e))
-                        for i, e in sorted(self._record_errors.items())
-                        if kafka_errors.is_permanent_record_error(e)
-                    ]
+                    refused = self._permanent_refusals(producer)
                     if refused:
                         return refused
                     raise SinkError(
@@ -305,6 +307,15 @@ class KafkaSink:
         """Hand over what librdkafka queued for the application: log lines (with a
         ``logger`` set they wait in this queue), error_cb calls and delivery reports."""
         producer.poll(0)
+
+    def _permanent_refusals(self, producer: Producer) -> list[Refused]:
+        """The records whose delivery reports say the broker refused them for good."""
+        self._serve(producer)  # delivery reports arrive through poll
+        return [
+            Refused(i, self._describe(e))
+            for i, e in sorted(self._record_errors.items())
+            if kafka_errors.is_permanent_record_error(e)
+        ]
 
     def _on_delivery_error(self, index: int, err: KafkaError | None, _msg: object) -> None:
         if err is not None:

@@ -145,3 +145,22 @@ def test_a_url_the_client_cannot_use_is_a_config_error() -> None:
     )
     with pytest.raises(ConfigError, match=r"source\.tmc\.url"):
         TmcSource(cfg, Collect(), metrics=Metrics())
+
+
+async def test_a_session_that_logged_in_resets_the_reconnect_back_off(
+    sim: Simulator, logs: list[dict[str, object]]
+) -> None:
+    # Back-off 0.2 s -> 5 s: without the reset, the fifth reconnect would wait >= 3.2 s.
+    config = source_config(sim.url, reconnect_min_s=0.2, reconnect_max_s=5.0)
+    source = TmcSource(config, Collect(), metrics=Metrics())
+    source.start()
+    try:
+        for drops in range(1, 6):
+            await wait_until(lambda d=drops: sim.stats.logins_ok == d, f"login {drops}")
+            await wait_until(lambda: source.logged_in == 1, "online")
+            assert sim.inject("drop_connection")
+        await wait_until(lambda: sim.stats.logins_ok == 6, "sixth login")
+        delays = [e["in_s"] for e in logs if e["event"] == "tmc reconnecting"]
+        assert len(delays) >= 5 and max(delays) <= 0.3, delays  # type: ignore[type-var]
+    finally:
+        await source.close()

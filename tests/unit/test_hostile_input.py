@@ -118,6 +118,21 @@ def test_gzip_bomb_over_max_content_bytes_is_malformed_with_the_bytes_received()
     assert record.topic == DLQ and record.value == bomb
 
 
+def test_leading_zeros_of_any_length_are_a_small_number_not_a_crash() -> None:
+    # 5,000 characters: int() alone would refuse them (over 4,300 digits).
+    msg = push(time=codec.string("0" * 4990 + "1700000000"), retried=codec.string("0" * 5000))
+    assert msg.message.malformed is None and msg.message.publish_time_ms == 1_700_000_000
+    assert msg.retried == 0
+
+
+def test_gzip_content_of_many_members_is_dead_lettered_quickly() -> None:
+    members = gzip.compress(b"") * 100_000  # 2 MB of empty members
+    msg = push(content=Value(Fmt.BYTE_ARRAY, members)).message
+    assert msg.malformed == "gzip content has more than 16 members"
+    two = gzip.compress(b'{"tid":') + gzip.compress(b"7}")
+    assert push(content=Value(Fmt.BYTE_ARRAY, two)).message.content == b'{"tid":7}'
+
+
 INVALID_UTF8 = b'{"tid":1,"note":"\xff\xfe caf\xe9"}'
 
 

@@ -74,6 +74,7 @@ class ScriptedProducer:
         self.calls: list[str] = []
         self.produced: list[tuple[str, bytes]] = []
         self.reports: list[Any] = []
+        self.previous: Any = None
 
     def _next(self, name: str) -> None:
         self.calls.append(name)
@@ -89,6 +90,12 @@ class ScriptedProducer:
         self._next("begin")
 
     def produce(self, topic: str, *, value: bytes, on_delivery: Any, **_kw: Any) -> None:
+        now = self.script.get("report_now", [])
+        if now:  # the previous record's delivery report, arriving before this produce()
+            error = now.pop(0)
+            if error is not None:
+                self.previous(error, None)
+        self.previous = on_delivery
         self._next("produce")
         self.produced.append((topic, value))
         report = self.script.get("report", [])
@@ -163,4 +170,16 @@ def test_a_record_refused_at_produce_aborts_and_is_reported() -> None:
     sink, producer = sink_with({"produce": [None, err(KafkaError.MSG_SIZE_TOO_LARGE)]})
     refused = sink.write_batch(batch())
     assert [r.index for r in refused] == [1]
+    assert "commit" not in producer.calls and producer.calls[-1] == "abort"
+
+
+def test_a_record_refused_while_producing_is_reported_not_resent_forever() -> None:
+    # Record 0's delivery report says INVALID_RECORD; librdkafka then refuses record 1
+    # with _STATE (the transaction failed). The sink must report record 0.
+    invalid = err(KafkaError.INVALID_RECORD)
+    sink, producer = sink_with(
+        {"report_now": [None, invalid], "produce": [None, err(KafkaError._STATE)]}
+    )
+    refused = sink.write_batch(batch())
+    assert [r.index for r in refused] == [0] and "INVALID_RECORD" in refused[0].reason
     assert "commit" not in producer.calls and producer.calls[-1] == "abort"

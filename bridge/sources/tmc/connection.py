@@ -131,9 +131,9 @@ class _Connection:
     async def run(self) -> None:
         delays = self._backoff.delays()
         while not self._stop.is_set():
-            logged_in = False
+            generation = self.generation
             try:
-                logged_in = await self._session_once()
+                await self._session_once()
             except LoginError as exc:
                 self.last_error = str(exc)
                 self._log.error(
@@ -173,7 +173,10 @@ class _Connection:
             if self._stop.is_set():
                 break
             self._metrics.reconnect("tmc", self.index)
-            if logged_in:
+            # A login went through on that socket (the generation counts logins): it
+            # resets the back-off. _session_once always ends in an exception, so its
+            # return value cannot tell.
+            if self.generation != generation:
                 # A session that got online resets the back-off, but the first retry
                 # still waits reconnect_min_s: the platform refuses fast reconnects.
                 delays = self._backoff.delays()
@@ -182,7 +185,7 @@ class _Connection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
-    async def _session_once(self) -> bool:
+    async def _session_once(self) -> None:
         """One socket from connect to close. Always ends in an exception (the reason)."""
         cfg = self._config
         self._log.info("tmc connecting", url=_without_user_info(cfg.url))

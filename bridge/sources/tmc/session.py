@@ -284,7 +284,7 @@ def int_field(frame: Frame, key: str) -> int | None:
         # Length after leading zeros: "000…1" is a small id, and int() never sees more
         # than 19 significant digits.
         if text and len(text.lstrip("0")) <= 19 and text.isascii() and text.isdigit():
-            number = int(text)
+            number = int(text.lstrip("0") or "0")
             if number <= INT64_MAX:
                 return number
         raise _BadField(f"field {key!r} is the String {text[:40]!r}, not a decimal Int64")
@@ -310,7 +310,7 @@ def _inflate(raw: bytes, limit: int) -> bytes:
     out: list[bytes] = []
     total = 0
     data = raw
-    while True:
+    for _member in range(_GZIP_MAX_MEMBERS):
         inflater = zlib.decompressobj(wbits=31)
         chunk = inflater.decompress(data, limit - total + 1)
         total += len(chunk)
@@ -324,9 +324,13 @@ def _inflate(raw: bytes, limit: int) -> bytes:
         data = inflater.unused_data
         if not data.startswith(_GZIP_MAGIC):
             return b"".join(out)
+    # Each member copies what follows it (unused_data): many tiny members would cost
+    # time quadratic in the frame size, on the event loop. Real content has one.
+    raise _BadField(f"gzip content has more than {_GZIP_MAX_MEMBERS} members")
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_MAX_MEMBERS = 16
 
 
 def _content(frame: Frame, limit: int) -> bytes:

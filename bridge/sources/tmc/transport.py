@@ -9,9 +9,12 @@ application receives a short stand-in instead: :data:`OVERSIZED_MAGIC`, the decl
 size, and the first :data:`HEAD_BYTES` of the frame, from which the TMC session can
 still read the token, ``__kind`` and ``id`` to dead-letter and confirm the message.
 
-A *fragmented* message that grows over the limit still fails the connection with 1009,
-as the library would: the TMC server sends one unfragmented frame per message (the
-official Java client even drops fragments), so only a broken server fragments at all.
+Fragmented messages (the TMC server sends one unfragmented frame per message; the
+official Java client even drops fragments, so only a broken server fragments at all):
+each fragment over the limit is dropped the same way, so the message delivered is no
+valid TMC frame and the session skips it; fragments that add up past the limit fail the
+connection with 1009, as the library would. A text frame over the limit fails the
+connection with 1007 (its stand-in is no UTF-8); TMC never sends text.
 
 This relies on three documented-by-code seams of websockets' Sans-I/O protocol (its
 ``reader``, the ``parse`` generator it drives, and ``recv_frame``); the pinned version
@@ -85,7 +88,8 @@ def _limit_frames(protocol: ClientProtocol, limit: int) -> None:
     # No library limit on a single frame (the reader enforces it by skipping)...
     protocol.max_message_size = None
     protocol.max_fragment_size = None
-    protocol.reader = _SkippingReader(limit, lambda: protocol.state is State.OPEN)
+    # Also while closing: a large frame may still arrive after our Close went out.
+    protocol.reader = _SkippingReader(limit, lambda: protocol.state in (State.OPEN, State.CLOSING))
     # ...and the parser restarted, so that it reads from the new reader.
     protocol.parser = protocol.parse()
     next(protocol.parser)
