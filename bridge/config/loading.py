@@ -95,8 +95,13 @@ class _Loader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict[tuple[str, str], yaml.Mark] = {}
+        start, end = node.start_mark.index, node.end_mark.index
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            if not start <= key_node.start_mark.index <= end:
+                # Brought in by a << merge (PyYAML may have flattened this node already,
+                # when an alias of it was merged elsewhere): an override, not a duplicate.
                 continue
             first = seen.setdefault((key_node.tag, key_node.value), key_node.start_mark)
             if first is not key_node.start_mark:

@@ -568,3 +568,15 @@ def test_a_yaml_error_never_shows_the_line(tmp_path: Path) -> None:
     text = str(info.value)
     assert "line 3, column" in text and "mapping values are not allowed" in text
     assert SENTINEL not in text
+
+
+def test_merge_keys_override_without_counting_as_duplicates(tmp_path: Path) -> None:
+    # A mapping that merges an anchor and overrides one of its keys, itself merged
+    # elsewhere: PyYAML flattens it before it is built, which must not look like a key
+    # given twice. A real duplicate in the same document is still refused.
+    from bridge.config.loading import _Loader
+
+    text = "base: &base {k: 1, j: 1}\na:\n  b: &m\n    <<: *base\n    k: 2\nc:\n  <<: *m\n"
+    assert yaml.load(text, Loader=_Loader)["c"] == {"k": 2, "j": 1}
+    with pytest.raises(yaml.YAMLError, match="duplicate key"):
+        yaml.load(text + "d:\n  x: 1\n  x: 2\n", Loader=_Loader)
