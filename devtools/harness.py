@@ -18,12 +18,15 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from confluent_kafka import Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+
+_T = TypeVar("_T")
 
 DEMO_SECRET = "demo-app-secret-0123456789"  # noqa: S105 - the simulator's demo credential
 DEMO_APP_KEY = "12345678"
@@ -213,6 +216,17 @@ class Arrived:
 
 def read_topics(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -> list[Arrived]:
     """Everything committed in ``topics``, read with isolation.level=read_committed."""
+    return read_messages(bootstrap, topics, _arrived, timeout_s=timeout_s)
+
+
+def read_messages(
+    bootstrap: str,
+    topics: list[str],
+    convert: Callable[[Message], _T],
+    *,
+    timeout_s: float = 30.0,
+) -> list[_T]:
+    """Every committed message of ``topics`` (read_committed), each through ``convert``."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -235,7 +249,7 @@ def read_topics(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -
             _, high = consumer.get_watermark_offsets(tp, timeout=10)
             ends[(tp.topic, tp.partition)] = high
         consumer.assign(parts)
-        out: list[Arrived] = []
+        out: list[_T] = []
         # Read until every partition reached its end offset (transaction markers included,
         # so the position may pass the last record).
         deadline = time.monotonic() + timeout_s
@@ -244,7 +258,7 @@ def read_topics(bootstrap: str, topics: list[str], *, timeout_s: float = 30.0) -
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
                     continue
-                out.append(_arrived(msg))
+                out.append(convert(msg))
             for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
                 if tp.offset >= ends[(tp.topic, tp.partition)]:
                     done.add((tp.topic, tp.partition))

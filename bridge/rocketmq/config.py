@@ -81,3 +81,11 @@ class RocketMQClientConfig(_Model):
         if self.access_key is None:
             return None
         return (self.access_key, _secret(self.secret_key, self.secret_key_file, key), self.channel)
+
+
+def ensure_native_library() -> None:
+    """What every RocketMQ adapter needs installed: librocketmq (its kinds' requirements).
+    Imported only when called: reading a config never loads the client."""
+    from bridge.rocketmq.client import ensure_library
+
+    ensure_library()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from bridge.config_fields import _ROCKETMQ_TOPIC, public_url
 from bridge.kinds import SinkKind
+from bridge.rocketmq.config import ensure_native_library
 from bridge.sinks.rocketmq_config import RocketMQSinkConfig
 
 if TYPE_CHECKING:
@@ -24,12 +25,6 @@ def _build(config: RocketMQSinkConfig, metrics: Metrics, dead_letter_topic: str)
 
 def _check(config: RocketMQSinkConfig) -> None:
     config.credentials("sink.rocketmq.secret_key_file")  # the secret file must be readable
-
-
-def _requirements() -> None:
-    from bridge.rocketmq.client import ensure_library
-
-    ensure_library()
 
 
 def _topic_problem(name: str) -> str | None:
@@ -50,5 +45,5 @@ KIND = SinkKind(
     ),
     check=_check,
     topic_problem=_topic_problem,
-    requirements=_requirements,
+    requirements=ensure_native_library,
 )

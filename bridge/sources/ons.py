@@ -41,6 +41,7 @@ from bridge.headers import (
 )
 from bridge.json_depth import json_too_deep
 from bridge.model import Delivery, SourceMessage
+from bridge.numbers import INT64_MAX, MAX_TIME_MS, decimal_int64
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.ports import Source, Submit
 from bridge.rocketmq import client as sdk
@@ -51,9 +52,6 @@ log = structlog.get_logger("bridge.source.ons")
 SOURCE = "ons"
 
 
-_INT64_MAX = 2**63 - 1
-#: Publish times outside 1970-01-01 .. 9999-12-31 (UTC) are not dates any reader accepts.
-_MAX_TIME_MS = 253_402_300_799_999
 #: Nesting the body itself may have before it is parsed (content nests one level deeper
 #: than its own depth); routing.max_json_depth then applies to the content.
 _MAX_BODY_DEPTH = 501
@@ -64,18 +62,16 @@ class _BadBody(ValueError):
 
 
 def _int(value: object, name: str) -> int | None:
-    """An integer field: a JSON integer or a string of ASCII digits, within int64.
-
-    ``str.isdigit`` alone is true for "²", and ``int`` refuses over 4,300 digits.
-    """
+    """An integer field: a JSON integer, or a string of ASCII digits (as
+    :func:`~bridge.numbers.decimal_int64` reads it), within int64 and not negative."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT64_MAX:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
         return value
     if isinstance(value, str):
-        text = value.strip()
-        if 0 < len(text) <= 19 and text.isascii() and text.isdigit() and int(text) <= _INT64_MAX:
-            return int(text)
+        number = decimal_int64(value.strip())
+        if number is not None:
+            return number
     raise _BadBody(f"ONS body field {name!r} is {str(value)[:40]!r}, not an int64")
 
 
@@ -159,7 +155,7 @@ def _map_body(raw: bytes, base: SourceMessage) -> None:
     if outgoing is not None:
         base.message_id = outgoing
     publish_time = _int(body.get("publish_time"), "publish_time")
-    if publish_time is not None and publish_time > _MAX_TIME_MS:
+    if publish_time is not None and publish_time > MAX_TIME_MS:
         raise _BadBody(f"ONS body field 'publish_time' is {publish_time}, not a date")
     base.publish_time_ms = publish_time
     publisher = body.get("publisher_appkey")

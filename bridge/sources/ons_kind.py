@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from bridge.config_fields import public_url
 from bridge.kinds import SourceKind
+from bridge.rocketmq.config import ensure_native_library
 from bridge.sources.ons_config import OnsSourceConfig
 
 if TYPE_CHECKING:
@@ -26,12 +27,6 @@ def _check(config: OnsSourceConfig) -> None:
     config.credentials("source.ons.secret_key_file")  # the secret file must be readable
 
 
-def _requirements() -> None:
-    from bridge.rocketmq.client import ensure_library
-
-    ensure_library()
-
-
 KIND = SourceKind(
     name="ons",
     config=OnsSourceConfig,
@@ -41,5 +36,5 @@ KIND = SourceKind(
     ),
     log_fields=lambda c: {"group": c.group_id, "topics": c.topics},
     check=_check,
-    requirements=_requirements,
+    requirements=ensure_native_library,
 )

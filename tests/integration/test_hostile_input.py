@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from bridge.sources.tmc import codec
 from bridge.sources.tmc.codec import Fmt, Value
 from bridge.sources.tmc.simulator import Simulator
+from devtools import harness
 from devtools.brokers.kafka import KafkaBroker
 from tests.integration.conftest import (
     Topics,
@@ -109,34 +109,12 @@ CASES = [
 
 
 def read_all(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes, dict[str, bytes]]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"hostile-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        meta = consumer.list_topics(timeout=10)
-        parts = [TopicPartition(t, p, 0) for t in topics for p in meta.topics[t].partitions]
-        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp)[1] for tp in parts}
-        consumer.assign(parts)
-        out = []
-        left = {k for k, v in ends.items() if v > 0}
-        for _ in range(200):
-            if not left:
-                break
-            for msg in consumer.consume(500, 0.2):
-                if msg.error() is None:
-                    value = msg.value() or b""
-                    out.append((str(msg.topic()), value, dict(msg.headers() or [])))
-            for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
-                if tp.offset >= ends[(tp.topic, tp.partition)]:
-                    left.discard((tp.topic, tp.partition))
-        return out
-    finally:
-        consumer.close()
+    """(topic, value, headers) of every committed record."""
+
+    def convert(msg: Any) -> tuple[str, bytes, dict[str, bytes]]:
+        return str(msg.topic()), msg.value() or b"", dict(msg.headers() or [])
+
+    return harness.read_messages(bootstrap, topics, convert)
 
 
 async def test_hostile_pushes_never_stop_the_bridge(kafka: KafkaBroker, topics: Topics) -> None:

@@ -1562,7 +1562,7 @@ def ons_int_model(value: object, limit: int) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX:
         result = value
-    elif isinstance(value, str) and re.fullmatch("[0-9]{1,19}", value.strip()):
+    elif isinstance(value, str) and re.fullmatch("0*[0-9]{1,19}", value.strip()):
         result = int(value.strip())
     else:
         raise Bad

@@ -32,13 +32,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
+from bridge.config_fields import public_url
 from bridge.errors import ConfigError, FrameError, LoginError, ProtocolError, TmcError
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
@@ -49,14 +49,6 @@ from bridge.sources.tmc.config import TmcSourceConfig
 from bridge.sources.tmc.session import ClientSession, Ignored, LoggedIn, Push, Rejected
 
 log = structlog.get_logger("bridge.source.tmc")
-
-
-def _without_user_info(url: str) -> str:
-    # A URL may carry user:password@; logs never do.
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class _Ack:
@@ -188,7 +180,7 @@ class _Connection:
     async def _session_once(self) -> None:
         """One socket from connect to close. Always ends in an exception (the reason)."""
         cfg = self._config
-        self._log.info("tmc connecting", url=_without_user_info(cfg.url))
+        self._log.info("tmc connecting", url=public_url(cfg.url))
         async with connect(
             cfg.url,
             ping_interval=None,  # our own idle ping, pongs not awaited (§8.1, §12)

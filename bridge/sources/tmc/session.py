@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from bridge.errors import FrameError, LoginError, ProtocolError
 from bridge.model import SourceMessage
+from bridge.numbers import INT64_MAX, INT64_MIN, MAX_TIME_MS, decimal_int64
 from bridge.sources.tmc import codec
 from bridge.sources.tmc.codec import Fmt, Frame, MessageType, Value
 
@@ -76,10 +77,6 @@ class Rejected:
 
 ClientEvent = LoggedIn | Push | Ignored | Rejected
 
-#: The wire type of message ids (§4.5): what a confirm can carry.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-#: Publish times outside 1970-01-01 .. 9999-12-31 (UTC) are not dates any reader accepts.
-MAX_TIME_MS = 253_402_300_799_999
 #: Default for the inflated size of gzip ByteArray content (source.tmc.max_content_bytes).
 DEFAULT_MAX_CONTENT_BYTES = 4 * 1024 * 1024
 #: ``content`` is kept as the bytes received, never decoded and re-encoded.
@@ -270,8 +267,8 @@ def int_field(frame: Frame, key: str) -> int | None:
     """An integer field: any integer format, or a String of ASCII digits within Int64;
     None when absent or Void. Anything else raises ProtocolError (the reason).
 
-    Fixed-width formats fit Int64 by construction. A String is checked before ``int()``:
-    ``str.isdigit`` is true for "²" and ``int`` refuses more than 4,300 digits.
+    Fixed-width formats fit Int64 by construction; a String is read by
+    :func:`~bridge.numbers.decimal_int64`.
     """
     value = frame.custom.get(key)
     if value is None or value.data is None:
@@ -281,12 +278,9 @@ def int_field(frame: Frame, key: str) -> int | None:
         return data
     if value.fmt is Fmt.STRING:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-        # Length after leading zeros: "000…1" is a small id, and int() never sees more
-        # than 19 significant digits.
-        if text and len(text.lstrip("0")) <= 19 and text.isascii() and text.isdigit():
-            number = int(text.lstrip("0") or "0")
-            if number <= INT64_MAX:
-                return number
+        number = decimal_int64(text)
+        if number is not None:
+            return number
         raise _BadField(f"field {key!r} is the String {text[:40]!r}, not a decimal Int64")
     raise _BadField(f"field {key!r} has format {value.fmt.name}, expected an integer")
 
