@@ -18,19 +18,35 @@ import structlog
 
 from bridge.config import BridgeConfig
 from bridge.errors import BridgeError
+from bridge.kinds import SinkContext
 from bridge.observability.http import HealthServer
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
-from bridge.pipeline.ports import BatchSink, Source, Submit
+from bridge.pipeline.ledger import LruCommittedIds
+from bridge.pipeline.ports import BatchSink, CommittedIds, Source, Submit
 from bridge.pipeline.routing import Router
 
 log = structlog.get_logger("bridge.app")
 
 
+def sink_context(config: BridgeConfig, metrics: Metrics) -> SinkContext:
+    return SinkContext(
+        metrics=metrics,
+        dead_letter_topic=config.routing.dead_letter_topic,
+        namespace=config.source_kind.namespace(config.source.selected),
+    )
+
+
 def build_sink(config: BridgeConfig, metrics: Metrics) -> BatchSink:
     """The sink ``sink.type`` names, from the registry (its module is imported only now,
     so a Kafka bridge never loads librocketmq, and the other way round)."""
-    return config.sink_kind.build(config.sink.selected, metrics, config.routing.dead_letter_topic)
+    return config.sink_kind.build(config.sink.selected, sink_context(config, metrics))
+
+
+def build_committed_ids(config: BridgeConfig, metrics: Metrics) -> CommittedIds:
+    """The sink's committed-ids store (Kafka's topic), else the in-memory LRU."""
+    store = config.sink_kind.committed_ids(config.sink.selected, sink_context(config, metrics))
+    return store if store is not None else LruCommittedIds(config.pipeline.dedupe_cache_size)
 
 
 def build_source(config: BridgeConfig, submit: Submit, metrics: Metrics) -> Source:
@@ -53,11 +69,13 @@ class Bridge:
         self.metrics = Metrics()
         self.router = Router(config.routing, envelope=config.value_format == "envelope")
         self.sink: BatchSink = sink or build_sink(config, self.metrics)
+        self.committed = build_committed_ids(config, self.metrics)
         self.pipeline = Pipeline(
             config.pipeline,
             self.router,
             self.sink,
             metrics=self.metrics,
+            committed=self.committed,
             log_message_ids=config.log.message_ids,
         )
         self.source = build_source(config, self.pipeline.submit, self.metrics)
@@ -77,6 +95,9 @@ class Bridge:
         sink = self.pipeline.sink_problem()
         if sink is not None:
             found.append(sink)
+        store = self.committed.problem()
+        if store is not None:
+            found.append(store)
         return found
 
     def _start_http(self) -> None:
@@ -117,8 +138,20 @@ class Bridge:
             if self.http is not None:
                 await asyncio.to_thread(self.http.stop)
 
+    async def _start(self) -> None:
+        """The sink, and the committed-ids store caught up: only then may the source start
+        (nothing is produced or confirmed before the store knows what was committed)."""
+        self.committed.start()
+        await asyncio.gather(self.pipeline.start_sink(), self.committed.wait_ready())
+
     async def _run(self) -> bool:
-        sink_ready = asyncio.create_task(self.pipeline.start_sink())
+        try:
+            return await self._run_parts()
+        finally:
+            await asyncio.to_thread(self.committed.close)
+
+    async def _run_parts(self) -> bool:
+        sink_ready = asyncio.create_task(self._start())
         stop_wait = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({sink_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if not sink_ready.done():

@@ -20,13 +20,24 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from bridge.observability.metrics import Metrics
-    from bridge.pipeline.ports import BatchSink, Source, Submit
+    from bridge.pipeline.ports import BatchSink, CommittedIds, Source, Submit
 
 C = TypeVar("C", bound=BaseModel)
 
 
 def _nothing(*_args: object) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink factory gets besides its own config section."""
+
+    metrics: Metrics
+    dead_letter_topic: str
+    #: The source's message stream, e.g. ``tmc/<app_key>/<group>``: message ids are
+    #: unique within it (a committed-ids store keeps them per namespace).
+    namespace: str
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ class SourceKind(Generic[C]):
     summary: Callable[[C], str]
     #: Fields of the "bridge starting" log line (no secrets).
     log_fields: Callable[[C], dict[str, object]]
+    #: The stream its message ids are unique in (see :attr:`SinkContext.namespace`).
+    namespace: Callable[[C], str]
     #: Checks beyond the file (e.g. a secret file is readable); raises ConfigError.
     check: Callable[[C], None] = _nothing
     #: What must be installed (e.g. a native library); ``check-config`` calls it.
@@ -50,10 +63,11 @@ class SinkKind(Generic[C]):
     #: ``sink.type`` value, and the name of the section holding ``config``.
     name: str
     config: type[C]
-    #: (config, metrics, dead-letter topic) -> the sink.
-    build: Callable[[C, Metrics, str], BatchSink]
+    build: Callable[[C, SinkContext], BatchSink]
     summary: Callable[[C], str]
     #: Why a topic name is not valid for this broker, or None when it is.
     topic_problem: Callable[[str], str | None]
     check: Callable[[C], None] = _nothing
     requirements: Callable[[], None] = field(default=_nothing)
+    #: The committed-ids store this sink keeps, or None for the in-memory one.
+    committed_ids: Callable[[C, SinkContext], CommittedIds | None] = _nothing

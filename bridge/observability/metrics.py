@@ -248,6 +248,31 @@ class Metrics:
             registry=r,
         )
 
+        # -- committed-ids store -------------------------------------------------------
+        self.dedup_ids = Gauge(
+            "bridge_dedup_remembered_ids",
+            "Committed message ids remembered (within the window), for redeliveries.",
+            registry=r,
+        )
+        self.dedup_bytes = Gauge(
+            "bridge_dedup_memory_bytes",
+            "Memory held by the remembered ids (arrays and recent set).",
+            registry=r,
+        )
+        self.dedup_behind = Gauge(
+            "bridge_dedup_behind_seconds",
+            "How long the oldest delivery waiting for the committed-ids store has "
+            "waited (0 when none waits).",
+            registry=r,
+        )
+        self.dedup_records = Counter(
+            "bridge_dedup_records_read",
+            "Records read from the committed-ids topic, by outcome (applied; other "
+            "(another app or group); unreadable).",
+            ["outcome"],
+            registry=r,
+        )
+
     # -- source --------------------------------------------------------------------
 
     def received(self, source: str, topic: str, publish_time_ms: int | None) -> None:

@@ -8,11 +8,14 @@ Guarantees, and how they are kept:
 * **Arrival order per key.** There is one queue in arrival order and one batch in the
   sink at a time; a failed batch is re-sent whole, in the same order, before anything
   that arrived after it. So records of one key reach the sink in the order received.
-* **No duplicates from redelivery.** A redelivery of a message that is still in flight
-  is folded into the first delivery (both are confirmed on commit); a redelivery of a
-  message committed recently (its confirm was lost with a connection) is confirmed at
-  once from the committed-ids store, without writing it again. These decisions are the
-  pure :class:`~bridge.pipeline.ledger.Ledger`'s; this module is the asyncio driver.
+* **No duplicates from redelivery.** A redelivery of a message that is still held is
+  folded into the first delivery (both are confirmed on commit); a redelivery of a
+  committed message (its confirm was lost with a connection or a crash) is confirmed at
+  once from the committed-ids store, without writing it again. A store that other
+  replicas write to (Kafka's committed-ids topic) is asked only once it is current as of
+  the delivery's arrival: the delivery takes a ticket and waits, in arrival order, until
+  the store served it. These decisions are the pure
+  :class:`~bridge.pipeline.ledger.Ledger`'s; this module is the asyncio driver.
 * **Back-pressure.** :meth:`Pipeline.submit` waits while ``max_in_flight`` deliveries are
   held; sources await it before reading more, so a slow sink slows the socket reads.
 
@@ -59,8 +62,11 @@ _T = TypeVar("_T")
 class _Entry:
     key: tuple[str, int]
     delivery: Delivery
-    record: OutRecord
     arrived: float
+    #: The committed-ids store's ticket: decided once the store served it.
+    ticket: int
+    #: The routed record, once decided new (None while undecided).
+    record: OutRecord | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +81,13 @@ class PipelineStats:
     batches: int = 0
     batch_retries: int = 0
     failed_back: int = 0
+
+
+def _routed(entry: _Entry) -> OutRecord:
+    record = entry.record
+    if record is None:  # only decided entries are queued
+        raise AssertionError(f"message {entry.key} queued before it was decided")
+    return record
 
 
 class Pipeline:
@@ -98,9 +111,14 @@ class Pipeline:
         self.metrics = metrics
         self._log_ids = log_message_ids
         #: Held messages, and the committed-ids store (in memory unless one is given).
-        self._ledger: Ledger[_Entry] = Ledger(
+        self._committed: CommittedIds = (
             committed if committed is not None else LruCommittedIds(config.dedupe_cache_size)
         )
+        self._ledger: Ledger[_Entry] = Ledger(self._committed)
+        #: Held, in arrival order, until the store served their ticket (then decided).
+        self._undecided: deque[_Entry] = deque()
+        #: The highest ticket the committed-ids store served.
+        self._served = 0
         self._backoff = Backoff(config.retry_backoff_min_s, config.retry_backoff_max_s)
         self.metrics.in_flight.set_function(lambda: len(self._ledger))
         self.metrics.sink_up(sink.name, lambda: self.sink_problem() is None)
@@ -137,17 +155,11 @@ class Pipeline:
         key = (msg.source, msg.message_id)
         ledger = self._ledger
         while True:
-            admission = ledger.admit(key)
-            if admission is Admission.COMMITTED:
-                self.stats.duplicates_committed += 1
-                self.metrics.duplicate(msg.source, admission.value)
-                for ack in delivery.acks:
-                    ack.confirm()
-                return
-            if admission is Admission.HELD:
+            held = ledger.holding(key)
+            if held is not None:
                 self.stats.duplicates_in_flight += 1
-                self.metrics.duplicate(msg.source, admission.value)
-                ledger.held(key).delivery.acks.extend(delivery.acks)
+                self.metrics.duplicate(msg.source, Admission.HELD.value)
+                held.delivery.acks.extend(delivery.acks)
                 return
             if len(ledger) < self._config.max_in_flight:
                 break
@@ -157,9 +169,34 @@ class Pipeline:
         if self._closed:
             # Draining: not accepted, not confirmed; the source will redeliver it.
             return
-        self.stats.received += 1
-        entry = _Entry(key, delivery, self._route(msg), self._clock())
+        entry = _Entry(key, delivery, self._clock(), self._committed.ticket())
         ledger.hold(key, entry)
+        if entry.ticket <= self._served and not self._undecided:
+            self._decide(entry)
+        else:
+            self._undecided.append(entry)
+
+    def _on_served(self, ticket: int) -> None:
+        """The store is current as of ``ticket``: decide what waited for it, in order."""
+        self._served = max(self._served, ticket)
+        waiting = self._undecided
+        while waiting and waiting[0].ticket <= self._served:
+            self._decide(waiting.popleft())
+
+    def _decide(self, entry: _Entry) -> None:
+        """A redelivery of a committed message is confirmed at once; anything else is
+        routed and queued for the writer."""
+        msg = entry.delivery.message
+        if self._ledger.committed(entry.key):
+            self._ledger.release([entry.key])
+            self.stats.duplicates_committed += 1
+            self.metrics.duplicate(msg.source, Admission.COMMITTED.value)
+            for ack in entry.delivery.acks:
+                ack.confirm()
+            self._has_room.set()
+            return
+        self.stats.received += 1
+        entry.record = self._route(msg)
         self._queue.append(entry)
         self._has_work.set()
 
@@ -179,6 +216,7 @@ class Pipeline:
     # -- the writer loop ---------------------------------------------------------
 
     async def start_sink(self) -> None:
+        self._committed.listen(self._on_served)
         await self._in_sink(self._sink.start)
         self._sink_started = True
 
@@ -203,7 +241,7 @@ class Pipeline:
         max_batch = self._config.batch_max_messages
         while not self._aborted:
             if not self._queue:
-                if self._closed:
+                if self._closed and not self._undecided:
                     return
                 self._has_work.clear()
                 try:
@@ -250,7 +288,7 @@ class Pipeline:
 
     async def _write_until_done(self, entries: list[_Entry]) -> bool:
         # The same Batch object on every attempt (the sink may resume on its seq).
-        batch = Batch([e.record for e in entries])
+        batch = Batch([_routed(e) for e in entries], keys=[e.key for e in entries])
         records = batch.records
         first_try = self._clock()
         delays = self._backoff.delays()
@@ -366,8 +404,9 @@ class Pipeline:
         committed. The queue behind goes too, so no later event of a key overtakes an
         earlier one that is handed back.
         """
-        entries = batch + list(self._queue)
+        entries = batch + list(self._queue) + list(self._undecided)
         self._queue.clear()
+        self._undecided.clear()
         self._ledger.release(e.key for e in entries)
         for entry in entries:
             for ack in entry.delivery.acks:

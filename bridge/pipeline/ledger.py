@@ -40,6 +40,24 @@ class LruCommittedIds:
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
+    def ticket(self) -> int:
+        return 0  # always current: decide now
+
+    def listen(self, callback: Callable[[int], None]) -> None:
+        pass  # no ticket ever waits
+
+    def start(self) -> None:
+        pass
+
+    async def wait_ready(self) -> None:
+        pass  # empty at start: nothing to catch up with
+
+    def problem(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
     def __len__(self) -> int:
         return len(self._keys)
 
@@ -70,6 +88,14 @@ class Ledger(Generic[_E]):
 
     def held(self, key: MessageKey) -> _E:
         return self._held[key]
+
+    def holding(self, key: MessageKey) -> _E | None:
+        """The held entry of ``key`` (fold a redelivery into it), or None."""
+        return self._held.get(key)
+
+    def committed(self, key: MessageKey) -> bool:
+        """Known to be committed: confirm without writing (ask only once current)."""
+        return key in self._committed
 
     def hold(self, key: MessageKey, entry: _E) -> None:
         self._held[key] = entry

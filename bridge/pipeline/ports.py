@@ -48,6 +48,9 @@ class Batch:
     dead letter between attempts, ``seq`` never changes."""
 
     records: list[OutRecord]
+    #: ``keys[i]`` is the source message of ``records[i]`` (a sink that remembers what it
+    #: committed, e.g. Kafka's committed-ids marker, writes these).
+    keys: list[MessageKey] = field(default_factory=list)
     seq: int = field(default_factory=lambda: next(_batch_seq))
 
 
@@ -115,13 +118,45 @@ class BatchSink(Protocol):
 
 
 class CommittedIds(Protocol):
-    """The messages known to be committed downstream. The engine asks it before taking a
-    delivery (a hit is confirmed at once, not written again) and tells it after each
-    commit. The in-memory LRU is the first implementation; a durable one plugs in here."""
+    """The messages known to be committed downstream. The engine asks it about every
+    delivery it does not hold already (a hit is confirmed at once, not written again) and
+    tells it after each commit.
+
+    A store that other replicas write to (Kafka's committed-ids topic) is current only as
+    of some moment, so the engine decides a delivery only once the store has caught up
+    with its arrival: it takes a :meth:`ticket` when the delivery arrives and decides it
+    when :meth:`listen`'s callback has served that ticket. An in-memory store is always
+    current: its tickets are 0 and never need serving."""
 
     def __contains__(self, key: object) -> bool: ...
 
     def add_all(self, keys: Iterable[MessageKey]) -> None: ...
+
+    def ticket(self) -> int:
+        """For a delivery that arrived before this call; 0: decide it now."""
+        ...
+
+    def listen(self, callback: Callable[[int], None]) -> None:
+        """Have ``callback(ticket)`` called on the running event loop once every delivery
+        holding ``ticket`` or lower may be decided. Called once, on the loop."""
+        ...
+
+    def start(self) -> None:
+        """Start following (on the event loop; returns at once)."""
+        ...
+
+    async def wait_ready(self) -> None:
+        """Until the store has caught up at start; nothing is produced or confirmed
+        before. Raises what made it fail for good (e.g. an unusable topic)."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the store is not current (catching up, broker unreachable), for /readyz."""
+        ...
+
+    def close(self) -> None:
+        """Stop following (blocks briefly; call off the event loop)."""
+        ...
 
 
 __all__ = [

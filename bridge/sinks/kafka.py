@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from bridge.dedup import marker
 from bridge.errors import SinkError, SinkStopped
 from bridge.model import OutRecord
 from bridge.observability.metrics import Metrics
@@ -79,8 +80,16 @@ class KafkaSink:
         metrics: Metrics,
         probe_topic: str | None = None,
         probe_timeout_s: float = 5.0,
+        after_commit_hook: Callable[[], None] | None = None,
+        dedup_namespace: str | None = None,
     ) -> None:
         self._config = config
+        #: Set (``sink.kafka.dedup.store: kafka``): each transaction also writes the ids
+        #: of its messages to the committed-ids topic, see :mod:`bridge.dedup.marker`.
+        self._dedup_namespace = dedup_namespace
+        #: Called on the sink thread right after each commit returned, before the
+        #: pipeline confirms: the crash tests end the process there (devtools).
+        self._after_commit_hook = after_commit_hook
         self._factory = producer_factory
         self._metrics = metrics
         self._probe_topic = probe_topic
@@ -212,7 +221,32 @@ class KafkaSink:
         if refused:
             self._abort(producer)
             return refused
+        self._produce_markers(producer, batch)
         return self._commit(producer)
+
+    def _produce_markers(self, producer: Producer, batch: Batch) -> None:
+        """The batch's message ids into the committed-ids topic, in this transaction:
+        readers (other replicas included) see them exactly when they see the records."""
+        namespace = self._dedup_namespace
+        if namespace is None or not batch.keys:
+            return
+        by_source: dict[str, list[int]] = {}
+        for source, message_id in batch.keys:
+            by_source.setdefault(source, []).append(message_id)
+        for number, (source, ids) in enumerate(by_source.items()):
+            scope = marker.scope(namespace, source)
+            rec = OutRecord(self._config.dedup.topic, scope.encode(), marker.encode(ids), ())
+            # Negative indices: delivery errors of markers are not records to dead-letter.
+            err = self._produce(producer, -1 - number, rec)
+            if err is None:
+                continue
+            self._note(err)
+            self._abort(producer)
+            raise SinkError(
+                f"committed-ids marker not written to {rec.topic}: {self._describe(err)}",
+                fatal=err.fatal(),
+                error_class=err.name(),
+            )
 
     def _begin(self, producer: Producer) -> None:
         try:
@@ -282,6 +316,8 @@ class KafkaSink:
                 log.warning("commit not acknowledged yet, retrying", error=self.last_error)
                 self._check_stopping(producer, abort=False)
                 continue
+            if self._after_commit_hook is not None:
+                self._after_commit_hook()
             self._serve(producer)
             self.ready = True
             self.last_error = None
@@ -311,11 +347,19 @@ class KafkaSink:
     def _permanent_refusals(self, producer: Producer) -> list[Refused]:
         """The records whose delivery reports say the broker refused them for good."""
         self._serve(producer)  # delivery reports arrive through poll
-        return [
-            Refused(i, self._describe(e))
+        permanent = [
+            (i, e)
             for i, e in sorted(self._record_errors.items())
             if kafka_errors.is_permanent_record_error(e)
         ]
+        for i, e in permanent:
+            if i < 0:  # a marker: the committed-ids topic refuses it (its configuration)
+                raise SinkError(
+                    f"committed-ids topic {self._config.dedup.topic} refused a marker: "
+                    f"{self._describe(e)}",
+                    error_class=e.name(),
+                )
+        return [Refused(i, self._describe(e)) for i, e in permanent]
 
     def _on_delivery_error(self, index: int, err: KafkaError | None, _msg: object) -> None:
         if err is not None:

@@ -8,12 +8,38 @@ from pydantic import Field, field_validator, model_validator
 
 from bridge.config_fields import (
     _KAFKA_PROTOCOLS,
+    _KAFKA_TOPIC,
     Name,
     PositiveFloat,
     _address_list_problems,
     _Model,
     _Problems,
 )
+
+
+class KafkaDedupConfig(_Model):
+    """``sink.kafka.dedup``: where the ids of committed messages are remembered."""
+
+    #: kafka: every committed id is written to ``topic`` in the same transaction as the
+    #: records, and every replica follows that topic (exactly once across crashes and
+    #: replicas, within the window). memory: the last ``pipeline.dedupe_cache_size`` ids of
+    #: this process only (at least once across crashes).
+    store: Literal["kafka", "memory"] = "kafka"
+    #: One partition, time-based retention of the window; created by the bridge when
+    #: missing. Several bridges (apps, groups) may share it: ids are kept per app and group.
+    topic: str = "tmc-bridge.committed-ids"
+    #: How long a committed id is remembered: TMC keeps unconfirmed messages about a day.
+    window_h: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not _KAFKA_TOPIC.match(value) or value in (".", ".."):
+            raise ValueError(
+                "not a valid Kafka topic name (letters, digits, . _ -; at most 249 "
+                "characters; not . or ..)"
+            )
+        return value
 
 
 class KafkaSinkConfig(_Model):
@@ -28,12 +54,15 @@ class KafkaSinkConfig(_Model):
     #: raw: the TMC content as received; envelope: JSON with TMC fields, ids as strings.
     value_format: Literal["raw", "envelope"] = "raw"
     #: librdkafka refuses less than 1000 ms; the broker caps it (transaction.max.timeout.ms).
-    transaction_timeout_ms: Annotated[int, Field(ge=1000)] = 60_000
+    #: Also the longest a crashed replica's open transaction holds read_committed readers
+    #: back (plus the broker's abort check interval) when it does not come back.
+    transaction_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
     #: How long one commit/abort call may block before it is retried.
     commit_timeout_s: PositiveFloat = 30.0
     #: Pass-through librdkafka settings (e.g. security.protocol, sasl.*). Values are
     #: treated as secrets in every message the bridge prints.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    dedup: KafkaDedupConfig = Field(default_factory=KafkaDedupConfig)
 
     @field_validator("bootstrap_servers")
     @classmethod

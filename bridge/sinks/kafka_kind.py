@@ -7,21 +7,33 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import _KAFKA_TOPIC
-from bridge.kinds import SinkKind
+from bridge.kinds import SinkContext, SinkKind
 from bridge.sinks.kafka_config import KafkaSinkConfig
 
 if TYPE_CHECKING:
-    from bridge.observability.metrics import Metrics
-    from bridge.pipeline.ports import BatchSink
+    from bridge.pipeline.ports import BatchSink, CommittedIds
 
 
-def _build(config: KafkaSinkConfig, metrics: Metrics, dead_letter_topic: str) -> BatchSink:
+def _build(config: KafkaSinkConfig, context: SinkContext) -> BatchSink:
     # Imported here: only a Kafka bridge loads librdkafka.
     from bridge.sinks.kafka import KafkaSink
 
     # The probe asks for the dead-letter topic's metadata: a topic the bridge may write
     # to anyway, and one small answer instead of the whole cluster's topic list.
-    return KafkaSink(config, metrics=metrics, probe_topic=dead_letter_topic)
+    return KafkaSink(
+        config,
+        metrics=context.metrics,
+        probe_topic=context.dead_letter_topic,
+        dedup_namespace=context.namespace if config.dedup.store == "kafka" else None,
+    )
+
+
+def _committed_ids(config: KafkaSinkConfig, context: SinkContext) -> CommittedIds | None:
+    if config.dedup.store != "kafka":
+        return None  # the pipeline's in-memory LRU
+    from bridge.dedup.kafka_store import KafkaCommittedIds
+
+    return KafkaCommittedIds(config, context.namespace, metrics=context.metrics)
 
 
 def _check(config: KafkaSinkConfig) -> None:
@@ -46,4 +58,5 @@ KIND = SinkKind(
     summary=lambda c: f"kafka {c.bootstrap_servers} transactional_id={c.transactional_id}",
     check=_check,
     topic_problem=_topic_problem,
+    committed_ids=_committed_ids,
 )

@@ -7,20 +7,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import _ROCKETMQ_TOPIC, public_url
-from bridge.kinds import SinkKind
+from bridge.kinds import SinkContext, SinkKind
 from bridge.rocketmq.config import ensure_native_library
 from bridge.sinks.rocketmq_config import RocketMQSinkConfig
 
 if TYPE_CHECKING:
-    from bridge.observability.metrics import Metrics
     from bridge.pipeline.ports import BatchSink
 
 
-def _build(config: RocketMQSinkConfig, metrics: Metrics, dead_letter_topic: str) -> BatchSink:
+def _build(config: RocketMQSinkConfig, context: SinkContext) -> BatchSink:
     # Imported here: only a RocketMQ bridge loads librocketmq.
     from bridge.sinks.rocketmq import RocketMQSink
 
-    return RocketMQSink(config, metrics=metrics)
+    return RocketMQSink(config, metrics=context.metrics)
 
 
 def _check(config: RocketMQSinkConfig) -> None:

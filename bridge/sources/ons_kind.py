@@ -35,6 +35,7 @@ KIND = SourceKind(
         f"ons {c.name_server or public_url(c.name_server_domain or '')} group={c.group_id}"
     ),
     log_fields=lambda c: {"group": c.group_id, "topics": c.topics},
+    namespace=lambda c: f"ons/{c.group_id}",
     check=_check,
     requirements=ensure_native_library,
 )

@@ -131,6 +131,8 @@ def bridge_config(
                 "bootstrap_servers": bootstrap,
                 "transactional_id": f"it-{uuid.uuid4().hex[:8]}",
                 "commit_timeout_s": 2.0,
+                # The data topics' own committed-ids topic: tests never share ids.
+                "dedup": {"topic": f"committed-{topics.trade}"},
                 **(kafka or {}),
             },
         },

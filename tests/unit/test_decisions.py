@@ -117,6 +117,7 @@ def test_a_new_adapter_is_one_kind_and_one_registry_line() -> None:
         build=lambda _c, _s, _m: None,  # type: ignore[arg-type,return-value]
         summary=lambda c: f"echo {c.greeting}",
         log_fields=lambda c: {},
+        namespace=lambda c: "echo",
     )
     section = _section_model("source", {**registry.SOURCES, "echo": echo})
     chosen = section.model_validate({"type": "echo", "echo": {"greeting": "hello"}})

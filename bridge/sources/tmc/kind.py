@@ -32,5 +32,6 @@ KIND = SourceKind(
     build=_build,
     summary=lambda c: f"tmc {public_url(c.url)} app_key={c.app_key} group={c.group}",
     log_fields=lambda c: {"group": c.group, "connections": c.connections},
+    namespace=lambda c: f"tmc/{c.app_key}/{c.group}",
     check=_check,
 )

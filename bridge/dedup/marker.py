@@ -1,0 +1,60 @@
+"""The committed-ids marker: one Kafka record per source per transaction, pure.
+
+Written by the Kafka sink into the committed-ids topic inside the same transaction as the
+batch's records, so a ``read_committed`` reader sees the ids exactly when it can see the
+records, and never for an aborted batch.
+
+* key: the stream's scope, ``<namespace>|<source>`` in UTF-8 (e.g. ``tmc/12345678/default|tmc``):
+  ids are unique within one app and group, not across them, so replicas of other bridges
+  sharing the topic keep out of each other's way.
+* value: the format byte ``0x01``, then the ids as big-endian int64 (8 bytes each).
+
+A record of an unknown format (a newer bridge wrote it) is skipped with a warning by the
+reader: its ids are then not remembered, which can only cause a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bridge.numbers import INT64_MAX, INT64_MIN
+
+FORMAT_V1 = b"\x01"
+
+
+def scope(namespace: str, source: str) -> str:
+    return f"{namespace}|{source}"
+
+
+def encode(ids: Iterable[int]) -> bytes:
+    """The value of one marker. Ids outside int64 are left out (the caller counts them)."""
+    kept = [i for i in ids if INT64_MIN <= i <= INT64_MAX]
+    return FORMAT_V1 + struct.pack(f">{len(kept)}q", *kept)
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    scope: str
+    #: Big-endian int64 ids, 8 bytes each.
+    packed: memoryview
+
+
+class MarkerError(ValueError):
+    """A record in the committed-ids topic that this version cannot read."""
+
+
+def decode(key: bytes | None, value: bytes | None) -> Marker:
+    if key is None or value is None or not value:
+        raise MarkerError("record without key or value")
+    if value[:1] != FORMAT_V1:
+        raise MarkerError(f"unknown marker format {value[:1].hex()}")
+    body = memoryview(value)[1:]
+    if len(body) % 8:
+        raise MarkerError(f"marker body of {len(body)} bytes is not a multiple of 8")
+    try:
+        name = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MarkerError("marker key is not UTF-8") from None
+    return Marker(name, body)
