@@ -57,6 +57,14 @@ def ensure_topic(admin: AdminClient, topic: str, window_ms: int) -> None:
     if found is None or found.error is not None:
         _create(admin, topic, window_ms)
         return
+    if len(found.partitions) != 1:
+        # Markers go where the key hashes to, and every replica reads partition 0 only.
+        raise SinkError(
+            f"committed-ids topic {topic!r} has {len(found.partitions)} partitions; it must "
+            "have exactly one (every replica reads all of it, in commit order)",
+            fatal=True,
+            error_class="dedup_topic",
+        )
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     entries: dict[str, Any] = admin.describe_configs([resource])[resource].result(
         timeout=ADMIN_TIMEOUT_S

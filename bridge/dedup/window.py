@@ -97,6 +97,8 @@ _INT_BYTES: Final = 48
 _MMAP_FROM: Final = 1 << 18
 _HUGE_FROM: Final = 1 << 22
 _HUGEPAGE: Final = getattr(mmap, "MADV_HUGEPAGE", None)
+#: Items per step where a step's temporary arrays would otherwise be level-sized.
+_STEP: Final = 1 << 16
 
 
 _DT = TypeVar("_DT", bound=np.generic)
@@ -112,15 +114,21 @@ def _alloc(n: int, dtype: type[_DT]) -> npt.NDArray[_DT]:
     size = n * np.dtype(dtype).itemsize
     if size < _MMAP_FROM:
         return np.empty(n, dtype=dtype)
-    buffer = mmap.mmap(-1, size)
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if size >= _HUGE_FROM and _HUGEPAGE is not None:
         buffer.madvise(_HUGEPAGE)
     return np.frombuffer(buffer, dtype=dtype, count=n)
 
 
 def _compress(keep: npt.NDArray[np.bool_], array: npt.NDArray[_DT]) -> npt.NDArray[_DT]:
+    """``array[keep]`` in steps (``np.compress`` makes an index array of the kept items)."""
     out = _alloc(int(np.count_nonzero(keep)), array.dtype.type)
-    return np.compress(keep, array, out=out)
+    at = 0
+    for start in range(0, array.size, _STEP):
+        part = array[start : start + _STEP][keep[start : start + _STEP]]
+        out[at : at + part.size] = part
+        at += part.size
+    return out
 
 
 def _stamp(at_s: float) -> int:
@@ -239,11 +247,16 @@ def _sorted_level(ids: IdArray, times: TimeArray | int) -> _Level | None:
     return _level(*_unique(ids, stamps))
 
 
+def _kept_mask(level: _Level, cutoff: int) -> npt.NDArray[np.bool_]:
+    """Which ids of ``level`` are still in the window."""
+    return np.greater_equal(level.times, cutoff, out=_alloc(level.size, np.bool_))
+
+
 def _kept(level: _Level, cutoff: int) -> tuple[IdArray, TimeArray]:
     """The ids of ``level`` (and their times) still in the window."""
     if level.tmin >= cutoff:
         return level.ids, level.times
-    keep = level.times >= cutoff
+    keep = _kept_mask(level, cutoff)
     return _compress(keep, level.ids), _compress(keep, level.times)
 
 
@@ -258,8 +271,11 @@ def _merge(newer: _Level, older: _Level, cutoff: int) -> _Level | None:
     # Where each id of the smaller array goes among the larger one's, then both copied
     # into place: linear, where sorting the concatenation would not be.
     n = a_ids.size + b_ids.size
-    at = np.searchsorted(a_ids, b_ids)
-    at += np.arange(b_ids.size)
+    at = _alloc(b_ids.size, np.intp)
+    for start in range(0, b_ids.size, _STEP):  # in steps: no temporary array of m items
+        stop = min(start + _STEP, b_ids.size)
+        at[start:stop] = np.searchsorted(a_ids, b_ids[start:stop])
+        at[start:stop] += np.arange(start, stop)
     ids = _alloc(n, np.int64)
     times = _alloc(n, np.uint32)
     from_a = _alloc(n, np.bool_)
@@ -351,7 +367,7 @@ class IdWindow:
                 dropped += level.size
                 changed = True
                 continue
-            gone = int(np.count_nonzero(level.times < cutoff))
+            gone = level.size - int(np.count_nonzero(_kept_mask(level, cutoff)))
             if gone * 2 < level.size:
                 fresh.append(level)
                 continue

@@ -11,7 +11,11 @@ source only then.
   source message id and the half message's transaction id to the
   :class:`~bridge.sinks.rocketmq_journal.Journal` and commits; the broker's check-back is
   answered from the journal by transaction id. RocketMQ clients cannot choose the
-  queue of a transactional send, so this mode gives up per-order queue placement.
+  queue of a transactional send, so this mode gives up per-order queue placement. The
+  same journal is the pipeline's committed-ids store
+  (:class:`~bridge.sinks.rocketmq_journal.JournalCommittedIds`): a redelivery of a message
+  journalled within ``dedup_window_h`` is confirmed without entering the sink, and the
+  sink checks the journal again before each send.
 
 **Order and progress within a batch.** Records are spread over ``send_threads`` lanes by
 key; a lane sends its records one after another, so a key's records go out in batch
@@ -47,7 +51,7 @@ from bridge.pipeline.ports import Batch, Refused
 from bridge.retry import Backoff
 from bridge.rocketmq import client as rmq
 from bridge.sinks.rocketmq_config import RocketMQSinkConfig
-from bridge.sinks.rocketmq_journal import Journal
+from bridge.sinks.rocketmq_journal import MESSAGE_ID, Journal, journal_for
 
 log = structlog.get_logger("bridge.sink.rocketmq")
 
@@ -131,13 +135,9 @@ class RocketMQSink:
             instance_name=config.instance_name or rmq.default_instance_name(config.producer_group),
         )
         self._transactional = config.mode == "transactional"
-        self._journal: Journal | None = None
-        if self._transactional:
-            self._journal = Journal(
-                config.journal_dir,
-                segment_entries=config.journal_segment_entries,
-                fsync=config.journal_fsync,
-            )
+        #: Shared with the committed-ids store built from the same config.
+        self._journal: Journal | None = journal_for(config) if self._transactional else None
+        self._journal_open = False
         self._producer: rmq.Producer | rmq.TransactionalProducer | None = None
         # Transactional sends go one at a time (see write_batch): no lane threads then.
         self._lane_count = 1 if self._transactional else config.send_threads
@@ -156,8 +156,9 @@ class RocketMQSink:
 
     def start(self) -> None:
         rmq.ensure_library()
-        if self._journal is not None:
-            self._journal.open()
+        if self._journal is not None and not self._journal_open:
+            self._journal.open()  # loads it, unless the committed-ids store did already
+            self._journal_open = True
             log.info("journal opened", path=str(self._config.journal_dir), ids=len(self._journal))
         self._producer = self._new_producer()
         self.ready = True
@@ -226,7 +227,8 @@ class RocketMQSink:
         if self._producer is not None:
             self._producer.shutdown()
             self._producer = None
-        if self._journal is not None:
+        if self._journal is not None and self._journal_open:
+            self._journal_open = False
             self._journal.close()
         self.ready = False
 
@@ -303,7 +305,10 @@ class RocketMQSink:
             and self._journal is not None
             and self._journal.has_message(journal_id)
         ):
-            # Committed before a restart (or decided so for the next check-back).
+            # Committed before (or decided so for the next check-back). The pipeline asked
+            # the same journal before the message entered the sink; this is the second
+            # line of defence (e.g. for a record journalled by an attempt that then
+            # reported an error).
             return None
         delays = _SEND_BACKOFF.delays()
         failure: RocketMQSendError | None = None
@@ -326,9 +331,10 @@ class RocketMQSink:
         journal = self._journal
         assert journal is not None
         hook = self._hook
-        # Records without a message id (none today: the router always sets one) are
-        # journalled under 0, so their check-back still finds the transaction.
-        message_id = journal_id if journal_id and journal_id.isdigit() else "0"
+        # Records without a decimal message id (none today: the router always sets one)
+        # are journalled under 0, so their check-back still finds the transaction; the
+        # journal never remembers 0 as a committed message.
+        message_id = journal_id if journal_id and MESSAGE_ID.fullmatch(journal_id) else "0"
 
         def local(transaction_id: str) -> bool:
             if hook is not None:

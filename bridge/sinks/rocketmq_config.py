@@ -36,5 +36,12 @@ class RocketMQSinkConfig(RocketMQClientConfig):
     journal_dir: Path = Path("journal")
     #: fsync the journal before the source is confirmed (once per batch).
     journal_fsync: bool = True
-    #: Journal entries per segment; two segments are kept (older ones are dropped).
+    #: Journal entries per segment (~5 MB at 100,000). A segment is deleted once its
+    #: newest entry is older than ``dedup_window_h``; the newest two are always kept
+    #: (their transaction ids answer the broker's check-backs). Smaller segments: less
+    #: to keep beyond the window and less memory for transaction ids; more files.
     journal_segment_entries: PositiveInt = 100_000
+    #: Transactional mode: how long the journal remembers a committed message id, so that
+    #: a redelivery is confirmed without being sent again (TMC redelivers for about a
+    #: day). Ordered mode remembers ``pipeline.dedupe_cache_size`` ids in memory only.
+    dedup_window_h: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0

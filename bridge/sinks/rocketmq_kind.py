@@ -12,7 +12,7 @@ from bridge.rocketmq.config import ensure_native_library
 from bridge.sinks.rocketmq_config import RocketMQSinkConfig
 
 if TYPE_CHECKING:
-    from bridge.pipeline.ports import BatchSink
+    from bridge.pipeline.ports import BatchSink, CommittedIds
 
 
 def _build(config: RocketMQSinkConfig, context: SinkContext) -> BatchSink:
@@ -20,6 +20,17 @@ def _build(config: RocketMQSinkConfig, context: SinkContext) -> BatchSink:
     from bridge.sinks.rocketmq import RocketMQSink
 
     return RocketMQSink(config, metrics=context.metrics)
+
+
+def _committed_ids(config: RocketMQSinkConfig, context: SinkContext) -> CommittedIds | None:
+    """Transactional: the sink's own journal (the same instance, see ``journal_for``), so
+    a redelivery within ``dedup_window_h`` is confirmed without entering the sink, also
+    after a restart. Ordered: the pipeline's in-memory LRU."""
+    if config.mode != "transactional":
+        return None
+    from bridge.sinks.rocketmq_journal import JournalCommittedIds, journal_for
+
+    return JournalCommittedIds(journal_for(config), metrics=context.metrics)
 
 
 def _check(config: RocketMQSinkConfig) -> None:
@@ -45,4 +56,5 @@ KIND = SinkKind(
     check=_check,
     topic_problem=_topic_problem,
     requirements=ensure_native_library,
+    committed_ids=_committed_ids,
 )

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from bridge.dedup import marker
 from bridge.dedup.fence import Fences
 from bridge.dedup.kafka_store import consumer_settings
-from bridge.dedup.kafka_topic import retention_problem, topic_settings
+from bridge.dedup.kafka_topic import ensure_topic, retention_problem, topic_settings
+from bridge.errors import SinkError
 from bridge.numbers import INT64_MAX, INT64_MIN
 from bridge.sinks.kafka_config import KafkaSinkConfig
 
@@ -138,3 +139,22 @@ def test_the_follower_shares_connection_settings_not_producer_ones() -> None:
         "security.protocol": "sasl_ssl",
         "sasl.mechanism": "PLAIN",
     }
+
+
+class _Topic:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = {i: object() for i in range(partitions)}
+        self.error = None
+
+
+class _Admin:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+
+    def list_topics(self, topic: str, timeout: float) -> object:
+        return type("Metadata", (), {"topics": {topic: _Topic(self.partitions)}})()
+
+
+def test_a_topic_with_several_partitions_is_refused() -> None:
+    with pytest.raises(SinkError, match="has 3 partitions; it must have exactly one"):
+        ensure_topic(_Admin(3), "ids", 86_400_000)  # type: ignore[arg-type]

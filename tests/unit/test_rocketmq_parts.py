@@ -1,6 +1,7 @@
-"""Pure parts of the RocketMQ side: config sections, ONS body mapping, the journal, the
-record -> message mapping and the sink's per-lane resume logic (with a scripted
-producer; the broker behaviour itself is covered by tests/integration)."""
+"""Pure parts of the RocketMQ side: config sections, ONS body mapping, the record ->
+message mapping and the sink's per-lane resume logic (with a scripted producer; the
+broker behaviour itself is covered by tests/integration). The journal has its own tests:
+tests/unit/test_rocketmq_journal.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from bridge.pipeline.ports import Batch
 from bridge.pipeline.routing import Router
 from bridge.rocketmq import client as sdk
 from bridge.sinks.rocketmq import RocketMQSink, to_message
-from bridge.sinks.rocketmq_journal import Journal
 from bridge.sources.ons import to_source_message
 
 TMC = {"app_key": "1", "app_secret": "s", "url": "ws://x/"}
@@ -180,51 +180,6 @@ def test_bad_bodies_are_marked_for_the_dead_letter_topic(body: bytes, reason: st
     assert m.message_id == int("7F0000011B2A18B4AAC2733F4B6D0000", 16)
     rec = Router(RoutingConfig()).route(m)
     assert rec.dead_letter_reason is not None
-
-
-TXN = "0100007F0000F1D50000FEBD0072{:04X}"
-
-
-def test_journal_survives_reopen_ignores_torn_lines_and_rotates(tmp_path: Path) -> None:
-    j = Journal(tmp_path, segment_entries=3, fsync=True)
-    j.open()
-    for i in (11, 12):
-        j.record(str(i), TXN.format(i))
-    j.sync()
-    j.close()
-    # A torn last line (crash mid-write) must not make anything look committed.
-    seg = sorted(tmp_path.iterdir())[-1]
-    with seg.open("a") as fh:
-        fh.write("13 0100007F")
-    j = Journal(tmp_path, segment_entries=3, fsync=True)
-    j.open()
-    assert j.has_message("11") and j.has_transaction(TXN.format(12).lower())
-    assert not j.has_message("13") and not j.has_transaction("0100007F")
-    for i in range(14, 21):
-        j.record(str(i), TXN.format(i))
-    j.close()
-    assert len(list(tmp_path.glob("journal-*.log"))) <= 2
-    j = Journal(tmp_path, segment_entries=3, fsync=False)
-    j.open()
-    assert j.has_message("20") and j.has_transaction(TXN.format(18))
-    assert not j.has_message("11")  # rotated away: only the last two segments are kept
-    with pytest.raises(ValueError):
-        j.record("12\n13", TXN.format(1))
-    with pytest.raises(ValueError):
-        j.record("12", "not hex")
-    j.close()
-
-
-def test_check_back_decides_by_transaction_not_by_message(tmp_path: Path) -> None:
-    """A source message written twice (its first half message orphaned by a crash before
-    the journal entry, then redelivered and committed) must not commit the orphan."""
-    j = Journal(tmp_path, segment_entries=100, fsync=False)
-    j.open()
-    j.record("42", TXN.format(2))  # the second, committed attempt
-    assert j.has_message("42")
-    assert j.has_transaction(TXN.format(2))
-    assert not j.has_transaction(TXN.format(1))  # the orphan: rolled back
-    j.close()
 
 
 def test_record_maps_to_tags_keys_and_properties() -> None:
