@@ -12,15 +12,16 @@ Layout (LSM style), 12 bytes per id plus a bounded Python set:
   most about ``recent_limit`` ids), with the same ids as small unsorted numpy chunks and
   their commit times. A batch of ``recent_limit`` ids or more skips it and becomes a level
   at once.
-* levels, newest first: each a pair of numpy arrays, the ids (``int64``, sorted, unique)
-  and the commit time of each (``uint32`` seconds since the epoch, rounded *up* and
-  clamped to 1970..2106, so rounding can only keep an id longer). When the recent set
-  holds ``recent_limit`` ids it is frozen (sorted, de-duplicated) into a new level. Two
-  adjacent levels merge when the newer one is at least 1/8 of the older one and both
-  together hold at most ``max_level`` ids: O(log) levels below ``max_level``, and runs of
-  ``max_level/2 .. max_level`` ids above it. The cap bounds the longest merge (the pause
-  of one :meth:`~IdWindow.add` call, and the memory a merge needs beside the levels): a
-  bottom level of 86 million ids would take over a second to rewrite each time.
+* levels, newest first: each a pair of numpy arrays (large ones in anonymous mmaps of
+  their own, see ``_alloc``): the ids (``int64``, sorted, unique) and the commit time of
+  each (``uint32`` seconds since the epoch, rounded *up* and clamped to 1970..2106, so
+  rounding can only keep an id longer). When the recent set holds ``recent_limit`` ids it
+  is frozen (sorted, de-duplicated) into a new level. Two adjacent levels merge when the
+  newer one is at least 1/8 of the older one and both together hold at most
+  ``max_level`` ids: O(log) levels below ``max_level``, and runs of ``max_level/2 ..
+  max_level`` ids above it. The cap bounds the longest merge (the pause of one
+  :meth:`~IdWindow.add` call, and the memory a merge needs beside the levels): a bottom
+  level of 86 million ids would take over a second to rewrite, each time.
 * A merge de-duplicates (an id keeps its latest time) and drops the ids that left the
   window. :meth:`~IdWindow.expire` drops whole levels whose newest id left the window and
   rewrites a level once at least half of it did; so with commit times that grow (as they
@@ -37,9 +38,10 @@ Threads: one writer (:meth:`~IdWindow.add`, :meth:`~IdWindow.add_packed`,
 * The levels are published as one immutable tuple in ``self._levels`` and the arrays in
   it are never written once published. A writer change builds the new arrays aside, then
   assigns the new tuple; under the GIL that assignment is atomic, so a reader sees the
-  tuple before or after it, both complete, and a merge never blocks a reader. Sorting,
-  searching, concatenating and copying numpy arrays release the GIL, so a long merge
-  does not stall the event loop either.
+  tuple before or after it, both complete, and a merge never blocks a reader. The numpy
+  steps of a merge (searchsorted, argsort, take, indexed copies, comparisons) release the
+  GIL, so a long merge does not stall the event loop either (measured alone on 15M ids,
+  each let another thread run at least every 5 ms).
 * The recent set is only grown by the writer (``set.update`` with ints runs in C under the
   GIL: a reader sees it before or after) and is replaced by a new empty set only *after*
   the tuple holding its frozen level has been published. A reader reads ``self._recent``
@@ -48,20 +50,30 @@ Threads: one writer (:meth:`~IdWindow.add`, :meth:`~IdWindow.add_packed`,
   levels it reads next hold the id. Either way an id whose ``add`` returned is found
   (unless it left the window). Reading in the other order could miss it.
 
-Measured (``python -m devtools.id_window_bench``, random int64 ids, 1,000 ids per second of
-commit time, 24 h window, chunks of 500 ids through :meth:`~IdWindow.add_packed`; AMD EPYC,
-2 vCPUs, numpy 2.4.6):
+Measured (``python -m devtools.id_window_bench [--ids N]``): random int64 ids, 1,000 per
+second of commit time, a 24 h window, loaded through :meth:`~IdWindow.add_packed` in chunks
+of 500 ids (as the start-up catch-up reads them) with :meth:`~IdWindow.expire` every
+simulated minute; numpy 2.4.6, 2 vCPUs (AMD EPYC VM) shared with other work (load ~3), so
+wall times varied up to 2x between runs: ranges of 2-3 runs, CPU times of the writer
+thread in brackets.
 
-==========================  ===========  ============  =============
-ids                         1,000,000    10,000,000    86,400,000
-==========================  ===========  ============  =============
-bytes/id (``nbytes``)       13.6         12.2          12.0
-bytes/id (RSS growth)       14.0         12.2          12.0
-``in``, hit / miss (µs)     3.6 / 3.8    6.0 / 6.6     10.6 / 11.6
-``contains_many`` (µs/id)   0.8 / 0.9    1.5 / 1.6     3.9 / 4.1
-load (s)                    1.5          16            150
-longest ``add`` call (ms)   14           150           330
-==========================  ===========  ============  =============
+===========================  ============  ==================  ======================
+ids                          1,000,000     10,000,000          86,400,000
+===========================  ============  ==================  ======================
+levels                       2             3                   7 (5 runs of 15.1M)
+bytes/id by ``nbytes``       13.0          12.0                12.0
+bytes/id by RSS growth       13.8-13.9     12.2                12.0
+``in``, µs (hit, miss)       2.2-4.5       3.8-5.6             8-13, 12-24
+``contains_many(500)`` µs/id 0.5-1.6       1.1-2.1             8-17
+load, s                      0.3 (0.3)     4.2-8.4 (4.1-4.8)   50-53 (41-46)
+longest ``add`` call, ms     17-26         155-376 (154-261)   446-565 (383-560)
+===========================  ============  ==================  ======================
+
+Steady state: 30 million ids through a 2 h window (7.2 million ids in it): 7.56 million
+held (+5%), 12.0 bytes/id by ``nbytes`` and 12.3 by RSS, longest ``expire`` call 107 ms.
+A reader thread doing one lookup per millisecond during the loads took at most 0.1-22 ms
+for one lookup at 1M-10M ids and 31-37 ms at 86.4M ids (not pinned down: the VM was busy,
+and no single step of a merge held the GIL that long when measured alone).
 """
 
 from __future__ import annotations
@@ -87,7 +99,7 @@ TIME_MAX: Final = 2**32 - 1
 #: A newer level merges into the older one below it once it holds 1/FANOUT of its ids.
 FANOUT: Final = 8
 #: Levels are not merged beyond this many ids: the longest merge (the longest ``add``
-#: call) rewrites at most this many (~0.2 s, and 200 MB beside the levels while it runs).
+#: call) rewrites at most this many (~0.4 s here, and 200 MB beside the levels meanwhile).
 DEFAULT_MAX_LEVEL: Final = 1 << 24
 #: Estimated bytes of one Python int of up to 90 bits held by the recent set (36 bytes,
 #: allocated in 16-byte steps).
@@ -212,9 +224,12 @@ class _Level:
 
 
 def _level(ids: IdArray, times: TimeArray) -> _Level | None:
-    """A level of sorted, unique ``ids``; None when empty."""
+    """A level of sorted, unique ``ids`` (made read-only: it is published); None when
+    empty."""
     if not ids.size:
         return None
+    ids.flags.writeable = False
+    times.flags.writeable = False
     return _Level(ids, times, int(ids[0]), int(ids[-1]), int(times.min()), int(times.max()))
 
 
