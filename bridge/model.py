@@ -47,6 +47,12 @@ class Ack(Protocol):
 
     def fail(self, reason: str) -> None: ...
 
+    def alive(self) -> bool:
+        """False once the source will redeliver this delivery whatever the bridge does
+        (its connection is gone, or it was held past the source's confirm deadline): the
+        redelivery may reach another replica, so writing it now could write it twice."""
+        ...
+
 
 @dataclass(slots=True)
 class Delivery:

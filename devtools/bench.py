@@ -129,10 +129,31 @@ def run_bridge(
         harness.wait_confirmed(port, n, timeout_s=600, watch=bridge)
         cpu = {c.name: c.cpu_seconds() for c in (sim, bridge)}
         stats: dict[str, Any] = harness.sim_get(port, "stats?latency=1")
+        stats["commit_s"] = commit_quantiles(harness.scrape(bridge.http_port))
     finally:
         bridge.stop(timeout_s=60)
         sim.stop()
     return stats, cpu
+
+
+def commit_quantiles(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> str:
+    """Time in the sink per committed batch, from the bridge's histogram: the bucket
+    bounds that hold 50%, 99% and all of the batches (what transaction_timeout_ms must
+    stay well above)."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for (name, labels), count in samples.items()
+        if name == "bridge_sink_commit_duration_seconds_bucket"
+    )
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return "no commits"
+
+    def bound(share: float) -> str:
+        upper = next(le for le, count in buckets if count >= share * total)
+        return f"<= {upper:g} s" if upper != float("inf") else "> 30 s"
+
+    return f"p50 {bound(0.5)}, p99 {bound(0.99)}, max {bound(1.0)} ({total:.0f} batches)"
 
 
 def report(sink: str, n: int, raw: float, stats: dict[str, Any], cpu: dict[str, float]) -> bool:
@@ -142,7 +163,8 @@ def report(sink: str, n: int, raw: float, stats: dict[str, Any], cpu: dict[str, 
         f"{sink}: bridge end to end: {stats['confirmed']} confirmed of {n} in {window:.2f} s, "
         f"redelivered={stats['redelivered']}; CPU s: bridge={cpu['bridge']:.1f} "
         f"({cpu['bridge'] / n * 100_000:.2f} per 100k, start-up included) "
-        f"simulator={cpu['simulator']:.1f} (2 cores shared with the broker)"
+        f"simulator={cpu['simulator']:.1f} (2 cores shared with the broker); "
+        f"time in the sink per batch: {stats['commit_s']}"
     )
     p50, p99 = stats.get("latency_p50_ms", 0.0), stats.get("latency_p99_ms", 0.0)
     ratio = rate / raw if raw else 0.0

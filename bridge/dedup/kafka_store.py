@@ -38,7 +38,9 @@ from bridge.dedup.fence import Fences
 from bridge.dedup.kafka_topic import ensure_topic
 from bridge.dedup.window import IdWindow
 from bridge.errors import SinkError
+from bridge.numbers import INT64_MAX, INT64_MIN
 from bridge.observability.metrics import Metrics
+from bridge.pipeline.ledger import LruCommittedIds
 from bridge.pipeline.ports import MessageKey
 from bridge.retry import Backoff
 from bridge.sinks.kafka_config import KafkaSinkConfig
@@ -65,6 +67,8 @@ _PRODUCER_ONLY = (
     "sticky.",
     "transaction",
 )
+#: Committed ids outside int64 remembered in memory (at least once across crashes).
+WIDE_IDS_REMEMBERED = 200_000
 #: A delivery that waited this long makes /readyz name the store.
 BEHIND_PROBLEM_S = 30.0
 #: How often ids that left the window are dropped.
@@ -109,6 +113,8 @@ class KafkaCommittedIds:
         self._logger = LibrdkafkaLogger(self._redact, Throttle())
         #: source name -> its ids (written by the follower thread, read by the loop).
         self._windows: dict[str, IdWindow] = {}
+        #: Committed ids outside int64 (no marker holds them): this process only.
+        self._wide = LruCommittedIds(WIDE_IDS_REMEMBERED)
         self._fences = Fences()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -123,7 +129,7 @@ class KafkaCommittedIds:
         self._caught_up = False
         self._span: tuple[int, int] | None = None
         self._position: int | None = None
-        self._target: tuple[int, int] | None = None
+        self._target: tuple[int, int | None] | None = None
         #: Monotonic time the oldest unserved ticket was taken (None: none pending).
         self._waiting_since: float | None = None
         self.error: BaseException | None = None
@@ -139,11 +145,15 @@ class KafkaCommittedIds:
         if not isinstance(key, tuple) or len(key) != 2:
             return False
         window = self._windows.get(key[0])
-        return window is not None and key[1] in window
+        return (window is not None and key[1] in window) or key in self._wide
 
     def add_all(self, keys: Iterable[MessageKey]) -> None:
-        """Nothing to do: committed ids come back through the topic, to every replica
-        alike, and a delivery is decided only after the store read past its arrival."""
+        """Committed ids come back through the topic, to every replica alike, and a
+        delivery is decided only after the store read past its arrival. Only ids that do
+        not fit a marker (ONS ids of 128 bits) are remembered here, by this process."""
+        wide = [key for key in keys if not INT64_MIN <= key[1] <= INT64_MAX]
+        if wide:
+            self._wide.add_all(wide)
 
     def ticket(self) -> int:
         return self._fences.ticket()
@@ -300,10 +310,14 @@ class KafkaCommittedIds:
                 taken = self._fences.take()
                 if taken is not None:
                     self._waiting_since = now
-                    end = self._retry(lambda: self._watermarks(watermarks))[1]
-                    self._target = (taken, end)
+                    # Kept before the query: should it fail, the follower starts again
+                    # and queries for this ticket then (a later query serves it too).
+                    self._target = (taken, None)
             target = self._target
-            if target is not None and position >= target[1]:
+            if target is not None and target[1] is None:
+                end = self._retry(lambda: self._watermarks(watermarks))[1]
+                target = self._target = (target[0], end)
+            if target is not None and target[1] is not None and position >= target[1]:
                 self._waiting_since = None
                 self._target = None
                 self._serve(target[0])

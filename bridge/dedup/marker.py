@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from bridge.numbers import INT64_MAX, INT64_MIN
 
 FORMAT_V1 = b"\x01"
+#: Ids per marker at most (512 KiB, well below Kafka's 1 MB default message size); a
+#: larger batch writes several markers.
+MAX_IDS = 65_536
 
 
 def scope(namespace: str, source: str) -> str:

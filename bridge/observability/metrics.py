@@ -134,6 +134,13 @@ class Metrics:
                 registry=r,
             )
         )
+        self._given_up = Counter(
+            "bridge_source_given_up_messages",
+            "Messages not written because their source redelivers them anyway (the "
+            "connection they came on is gone, or they were held past max_hold_s).",
+            ["source"],
+            registry=r,
+        )
         self._duplicates = _Cache(
             Counter(
                 "bridge_source_duplicate_messages",
@@ -292,6 +299,9 @@ class Metrics:
 
     def failed(self, source: str, topic: str, count: int = 1) -> None:
         self._failed.get(source, self._topic(topic)).inc(count)
+
+    def given_up(self, source: str, count: int = 1) -> None:
+        self._given_up.labels(source).inc(count)
 
     def skipped(self, source: str, reason: str) -> None:
         self._skipped.get(source, reason).inc()

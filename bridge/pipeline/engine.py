@@ -81,6 +81,14 @@ class PipelineStats:
     batches: int = 0
     batch_retries: int = 0
     failed_back: int = 0
+    given_up: int = 0
+
+
+def _live(entry: _Entry) -> bool:
+    """Some delivery of it can still be confirmed (see :meth:`bridge.model.Ack.alive`);
+    a delivery without acks (nothing to settle, e.g. in tests) always is."""
+    acks = entry.delivery.acks
+    return not acks or any(ack.alive() for ack in acks)
 
 
 def _routed(entry: _Entry) -> OutRecord:
@@ -119,6 +127,7 @@ class Pipeline:
         self._undecided: deque[_Entry] = deque()
         #: The highest ticket the committed-ids store served.
         self._served = 0
+        self._served_changed = asyncio.Event()
         self._backoff = Backoff(config.retry_backoff_min_s, config.retry_backoff_max_s)
         self.metrics.in_flight.set_function(lambda: len(self._ledger))
         self.metrics.sink_up(sink.name, lambda: self.sink_problem() is None)
@@ -179,26 +188,53 @@ class Pipeline:
     def _on_served(self, ticket: int) -> None:
         """The store is current as of ``ticket``: decide what waited for it, in order."""
         self._served = max(self._served, ticket)
+        self._served_changed.set()
         waiting = self._undecided
         while waiting and waiting[0].ticket <= self._served:
             self._decide(waiting.popleft())
 
     def _decide(self, entry: _Entry) -> None:
-        """A redelivery of a committed message is confirmed at once; anything else is
-        routed and queued for the writer."""
+        """A redelivery of a committed message is confirmed at once; one its source will
+        redeliver anyway is given up; anything else is routed and queued for the writer."""
         msg = entry.delivery.message
         if self._ledger.committed(entry.key):
-            self._ledger.release([entry.key])
-            self.stats.duplicates_committed += 1
-            self.metrics.duplicate(msg.source, Admission.COMMITTED.value)
-            for ack in entry.delivery.acks:
-                ack.confirm()
-            self._has_room.set()
+            self._absorb(entry)
+            return
+        if not _live(entry):
+            self._give_up([entry])
             return
         self.stats.received += 1
         entry.record = self._route(msg)
         self._queue.append(entry)
         self._has_work.set()
+
+    def _absorb(self, entry: _Entry) -> None:
+        """Committed before (by this process, an earlier one or another replica)."""
+        self._ledger.release([entry.key])
+        self.stats.duplicates_committed += 1
+        self.metrics.duplicate(entry.delivery.message.source, Admission.COMMITTED.value)
+        for ack in entry.delivery.acks:
+            ack.confirm()
+        self._has_room.set()
+        self._has_work.set()  # a drain may be waiting for the last undecided one
+
+    def _give_up(self, entries: list[_Entry]) -> None:
+        """Not written, not confirmed: the source redelivers these (maybe to another
+        replica, which writes them), so writing them here could write them twice."""
+        self._ledger.release(e.key for e in entries)
+        for entry in entries:
+            self.metrics.given_up(entry.delivery.message.source)
+        self.stats.given_up += len(entries)
+        self._has_room.set()
+        self._has_work.set()
+        log.info("messages given up: their source redelivers them", messages=len(entries))
+
+    async def _current(self) -> None:
+        """Until the committed-ids store is current as of now."""
+        ticket = self._committed.ticket()
+        while self._served < ticket and not self._aborted:
+            self._served_changed.clear()
+            await self._served_changed.wait()
 
     def _route(self, msg: SourceMessage) -> OutRecord:
         """Route one message under a guard: routing and metrics are pure and written not
@@ -261,6 +297,12 @@ class Pipeline:
                     await asyncio.wait_for(self._has_work.wait(), wait)
                 continue
             batch = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
+            gone = [e for e in batch if not _live(e)]
+            if gone:
+                self._give_up(gone)
+                batch = [e for e in batch if _live(e)]
+                if not batch:
+                    continue
             if not await self._write(batch):
                 return
         # Aborted: whatever is still queued stays unconfirmed; the source redelivers it.
@@ -287,8 +329,9 @@ class Pipeline:
             self._writing_since = None
 
     async def _write_until_done(self, entries: list[_Entry]) -> bool:
-        # The same Batch object on every attempt (the sink may resume on its seq).
-        batch = Batch([_routed(e) for e in entries], keys=[e.key for e in entries])
+        # The same Batch object on every attempt (the sink may resume on its seq), unless
+        # messages left it between attempts (then it is a new batch).
+        batch = self._batch(entries)
         records = batch.records
         first_try = self._clock()
         delays = self._backoff.delays()
@@ -326,6 +369,15 @@ class Pipeline:
                     self._fail_back(entries, f"sink unavailable: {exc}")
                     return True
                 await asyncio.sleep(delay)
+                # Meanwhile another replica may have committed some of these (their source
+                # redelivered them there), or their source gave up on them here.
+                kept = await self._still_to_write(entries)
+                if not kept:
+                    return True
+                if len(kept) != len(entries):
+                    entries = kept
+                    batch = self._batch(entries)
+                    records = batch.records
                 continue
             if refused:
                 self.metrics.transaction(sink, m.ABORTED)
@@ -344,6 +396,34 @@ class Pipeline:
             self._sink_error = None
             self._settle(entries, records, self._clock() - started)
             return True
+
+    def _batch(self, entries: list[_Entry]) -> Batch:
+        def still_wanted() -> str | None:
+            # On the sink thread: reads the acks' connection state, changes nothing.
+            gone = sum(not _live(e) for e in entries)
+            return f"{gone} of its messages will be redelivered by their source" if gone else None
+
+        return Batch(
+            [_routed(e) for e in entries],
+            keys=[e.key for e in entries],
+            still_wanted=still_wanted,
+        )
+
+    async def _still_to_write(self, entries: list[_Entry]) -> list[_Entry]:
+        """Before a retry: confirm what is committed by now, give up what the source
+        redelivers anyway, keep the rest (in order)."""
+        await self._current()
+        kept, gone = [], []
+        for entry in entries:
+            if self._ledger.committed(entry.key):
+                self._absorb(entry)
+            elif not _live(entry):
+                gone.append(entry)
+            else:
+                kept.append(entry)
+        if gone:
+            self._give_up(gone)
+        return kept
 
     async def _rebuild(self) -> bool:
         while True:

@@ -52,6 +52,10 @@ class Batch:
     #: committed, e.g. Kafka's committed-ids marker, writes these).
     keys: list[MessageKey] = field(default_factory=list)
     seq: int = field(default_factory=lambda: next(_batch_seq))
+    #: Called on the sink thread right before a sink that can still take the batch back
+    #: (Kafka) commits it: a reason means "abort and raise SinkError", because a message
+    #: of the batch will be redelivered anyway (see :meth:`~bridge.model.Ack.alive`).
+    still_wanted: Callable[[], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ records refused for good (the pipeline dead-letters them), or raise a fatal Sink
 whatever the old producer left open).
 
 :meth:`write_batch` returns only after ``commit_transaction()`` returned, i.e. when every
-record is durably written and visible to ``read_committed`` consumers. Nothing else
-counts as success.
+record is durably written and the transaction is committed (``read_committed`` readers
+see it once the broker has written its commit markers, milliseconds later). Nothing
+else counts as success.
 
 librdkafka's own log lines and client errors (unreachable broker, failed SASL login) go
 into the bridge's JSON log (:class:`LibrdkafkaLogger`, ``error_cb``), rate-limited and with
@@ -221,6 +222,12 @@ class KafkaSink:
         if refused:
             self._abort(producer)
             return refused
+        given_up = batch.still_wanted() if batch.still_wanted is not None else None
+        if given_up is not None:
+            # Taken back before the commit: its source redelivers the message, maybe to
+            # another replica, which would write it a second time.
+            self._abort(producer)
+            raise SinkError(f"batch taken back before commit: {given_up}", error_class="given_up")
         self._produce_markers(producer, batch)
         return self._commit(producer)
 
@@ -233,11 +240,17 @@ class KafkaSink:
         by_source: dict[str, list[int]] = {}
         for source, message_id in batch.keys:
             by_source.setdefault(source, []).append(message_id)
-        for number, (source, ids) in enumerate(by_source.items()):
+        chunks = [
+            (source, ids[start : start + marker.MAX_IDS])
+            for source, ids in by_source.items()
+            for start in range(0, len(ids), marker.MAX_IDS)
+        ]
+        for number, (source, ids) in enumerate(chunks):
             scope = marker.scope(namespace, source)
             rec = OutRecord(self._config.dedup.topic, scope.encode(), marker.encode(ids), ())
             # Negative indices: delivery errors of markers are not records to dead-letter.
-            err = self._produce(producer, -1 - number, rec)
+            # Partition 0 whatever the key hashes to: the followers read that one.
+            err = self._produce(producer, -1 - number, rec, partition=0)
             if err is None:
                 continue
             self._note(err)
@@ -260,8 +273,11 @@ class KafkaSink:
                 error_class=err.name(),
             ) from None
 
-    def _produce(self, producer: Producer, index: int, rec: OutRecord) -> KafkaError | None:
-        """Queue one record in the open transaction; the error if produce() refused it."""
+    def _produce(
+        self, producer: Producer, index: int, rec: OutRecord, *, partition: int = -1
+    ) -> KafkaError | None:
+        """Queue one record in the open transaction; the error if produce() refused it.
+        ``partition`` -1: the partitioner's choice (the key's partition)."""
         on_error = functools.partial(self._on_delivery_error, index)
         while True:
             try:
@@ -270,6 +286,7 @@ class KafkaSink:
                     value=rec.value,
                     key=rec.key,
                     headers=list(rec.headers),
+                    partition=partition,
                     on_delivery=on_error,
                 )
                 return None

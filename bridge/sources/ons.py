@@ -176,6 +176,11 @@ class _WaitingAck:
         self.ok = False
         self.reason = ""
 
+    def alive(self) -> bool:
+        # The push consumer holds the message until this ack settles it (its consume
+        # timeout is minutes, and a redelivery goes to this same consumer).
+        return True
+
     def confirm(self) -> None:
         self.ok = True
         self.done.set()

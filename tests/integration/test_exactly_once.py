@@ -172,3 +172,38 @@ async def test_ids_of_another_group_do_not_suppress_messages(
         arrived = await read_back(kafka.bootstrap, topics.all)
     assert absorbed == 0
     assert len(arrived) == 1_000  # each message once per group
+
+
+async def test_a_replica_that_lost_its_connection_does_not_write_what_tmc_redelivers(
+    kafka: KafkaBroker, topics: Topics
+) -> None:
+    """Replica A loses its TMC connection but keeps running (as in production); TMC hands
+    what A held to replica B at once. A must not write what it had not committed yet
+    (B writes it), and B must recognise what A did commit."""
+    first = threading.Event()
+    loop = asyncio.get_running_loop()
+    holder: dict[str, Bridge] = {}
+
+    def after_commit() -> None:
+        time.sleep(0.05)  # A's sink a little slow, so more of its messages are held
+        if first.is_set():
+            return
+        first.set()
+        loop.call_soon_threadsafe(_abort_connections, holder["a"])
+
+    async with simulator(confirm_timeout_s=30.0, redeliver_on_disconnect=True) as sim:
+        pipe = {"batch_linger_ms": 50, "batch_max_messages": 100}
+        cfg_a = bridge_config(sim.url, kafka.bootstrap, topics, pipeline=pipe)
+        cfg_b = bridge_config(sim.url, kafka.bootstrap, topics, pipeline=pipe)
+        sink_a = hooked_sink(cfg_a, after_commit)
+        async with running_bridge(cfg_b) as bridge_b, running_bridge(cfg_a, sink_a) as bridge_a:
+            holder["a"] = bridge_a
+            await wait_for(lambda: not bridge_a.problems() and not bridge_b.problems(), 60, "ready")
+            sim.publish(3_000)
+            await asyncio.wait_for(asyncio.to_thread(first.wait, 30), 40)
+            assert await sim.wait_settled(90), sim.summary()
+            given_up = bridge_a.pipeline.stats.given_up
+        arrived = await read_back(kafka.bootstrap, topics.all)
+        result = verdict(sim, arrived)
+    assert (result.lost, result.duplicates, result.delivered) == (0, 0, 3_000), result.line()
+    assert given_up > 0, "A gave nothing up: the case was not exercised"

@@ -1731,6 +1731,9 @@ class CountingAck:
     def __init__(self) -> None:
         self.confirms = self.fails = 0
 
+    def alive(self) -> bool:
+        return True
+
     def confirm(self) -> None:
         self.confirms += 1
 

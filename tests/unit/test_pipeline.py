@@ -22,6 +22,9 @@ class Ack:
     def __init__(self, log: list[tuple[str, int]], msg_id: int) -> None:
         self.log, self.id = log, msg_id
 
+    def alive(self) -> bool:
+        return True
+
     def confirm(self) -> None:
         self.log.append(("confirm", self.id))
 

@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Callable, Iterable
 
 from bridge.config import PipelineConfig, RoutingConfig
+from bridge.errors import SinkError
 from bridge.headers import H_MESSAGE_ID
-from bridge.model import OutRecord
+from bridge.model import Delivery, OutRecord
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
 from bridge.pipeline.ports import MessageKey
@@ -164,3 +165,78 @@ async def test_order_is_kept_when_later_arrivals_were_served_first() -> None:
 
 def _id(record: OutRecord) -> int:
     return int(dict(record.headers)[H_MESSAGE_ID])
+
+
+class MortalAck:
+    """An ack whose connection the test can end."""
+
+    def __init__(self, log: list[tuple[str, int]], msg_id: int) -> None:
+        self.log, self.id, self.live = log, msg_id, True
+
+    def alive(self) -> bool:
+        return self.live
+
+    def confirm(self) -> None:
+        self.log.append(("confirm", self.id))
+
+    def fail(self, reason: str) -> None:
+        self.log.append(("fail", self.id))
+
+
+def mortal(log: list[tuple[str, int]], i: int) -> tuple[Delivery, MortalAck]:
+    d = delivery(log, i)
+    ack = MortalAck(log, i)
+    d.acks = [ack]
+    return d, ack
+
+
+async def test_a_delivery_whose_connection_died_while_undecided_is_given_up() -> None:
+    """Its source redelivers it, maybe to another replica: writing it here could write it
+    twice, and confirming is impossible anyway."""
+    log: list[tuple[str, int]] = []
+    sink, store = ScriptedSink(), FollowerStore()
+    p = await started(sink, store)
+    writer = asyncio.create_task(p.run())
+    first, ack = mortal(log, 1)
+    await p.submit(first)
+    await p.submit(delivery(log, 2))
+    ack.live = False
+    store.serve(2)
+    await asyncio.wait_for(_drain(p, writer), 5)
+    assert [_id(r) for r in sink.committed] == [2]
+    assert log == [("confirm", 2)] and p.stats.given_up == 1 and p.in_flight == 0
+
+
+async def test_a_batch_is_taken_back_before_commit_when_a_connection_died() -> None:
+    log: list[tuple[str, int]] = []
+    sink, store = ScriptedSink(), FollowerStore()
+    p = await started(sink, store)
+    first, ack = mortal(log, 1)
+    await p.submit(first)
+    store.serve(1)
+    batch = p._batch(list(p._queue))  # what the writer hands the sink
+    assert batch.still_wanted is not None and batch.still_wanted() is None
+    ack.live = False
+    assert batch.still_wanted() == "1 of its messages will be redelivered by their source"
+
+
+async def test_a_retry_confirms_what_another_replica_committed_meanwhile() -> None:
+    """The batch failed; before it is sent again the store is asked once more: what
+    another replica committed meanwhile is confirmed, not written a second time."""
+    log: list[tuple[str, int]] = []
+    sink = ScriptedSink([SinkError("broker away")])
+    store = FollowerStore()
+    p = await started(sink, store)
+    writer = asyncio.create_task(p.run())
+    for i in (1, 2, 3):
+        await p.submit(delivery(log, i))
+    store.serve(3)
+    await asyncio.sleep(0.005)  # the first attempt fails; the retry waits for the store
+    store.known.add(("tmc", 2))  # meanwhile committed by another replica
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        store.serve(store.asked)
+    await asyncio.wait_for(_drain(p, writer), 5)
+    assert [[_id(r) for r in b] for b in sink.batches] == [[1, 2, 3], [1, 3]]
+    assert sorted(log) == [("confirm", 1), ("confirm", 2), ("confirm", 3)]
+    assert p.stats.duplicates_committed == 1

@@ -44,6 +44,10 @@ class TmcSourceConfig(_Model):
     max_frame_bytes: Annotated[int, Field(ge=4096)] = 16 * 1024 * 1024
     #: Largest content after inflating a gzip ByteArray; a larger one is dead-lettered.
     max_content_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    #: A push not committed this long after it arrived is given up: not written, not
+    #: confirmed. TMC redelivers it after its confirm timeout (about a minute), maybe to
+    #: another replica, which would write it a second time if this one still did.
+    max_hold_s: Annotated[float, Field(ge=1, le=3600)] = 50.0
     sdk: str = "tmc-bridge"
 
     @field_validator("url")

@@ -54,10 +54,21 @@ log = structlog.get_logger("bridge.source.tmc")
 class _Ack:
     """Settles one push on the login it arrived on; a no-op once that login is gone."""
 
-    __slots__ = ("_conn", "_generation", "_id")
+    __slots__ = ("_conn", "_deadline", "_generation", "_id")
 
     def __init__(self, conn: _Connection, generation: int, message_id: int) -> None:
         self._conn, self._generation, self._id = conn, generation, message_id
+        self._deadline = time.monotonic() + conn.max_hold_s
+
+    def alive(self) -> bool:
+        """Its login is current and TMC's confirm deadline has not passed (taken as
+        ``max_hold_s`` from receipt, below the server's ~60 s)."""
+        conn = self._conn
+        return (
+            self._generation == conn.generation
+            and conn.online
+            and time.monotonic() < self._deadline
+        )
 
     def confirm(self) -> None:
         self._conn.send_if_current(self._generation, self._conn.session.confirm, self._id)
@@ -73,6 +84,7 @@ class _Connection:
         self, index: int, config: TmcSourceConfig, secret: str, submit: Submit, metrics: Metrics
     ) -> None:
         self.index = index
+        self.max_hold_s = config.max_hold_s
         self._metrics = metrics
         self._config = config
         self._submit = submit
