@@ -88,6 +88,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         failed_delay_s=args.failed_delay_s,
         window=args.window,
         distribution=args.distribution,
+        redeliver_on_disconnect=args.redeliver_on_disconnect,
         seed=args.seed,
     )
 
@@ -138,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--failed-delay-s", type=float, default=360.0)
     sim.add_argument("--window", type=int, default=1000)
     sim.add_argument("--distribution", choices=["round_robin", "random"], default="round_robin")
+    sim.add_argument(
+        "--redeliver-on-disconnect",
+        action="store_true",
+        help="hand a lost connection's unconfirmed messages to another one at once "
+        "(default: after --confirm-timeout-s, as TMC does)",
+    )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sim.set_defaults(func=_cmd_simulate)

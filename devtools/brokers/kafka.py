@@ -116,15 +116,19 @@ class KafkaBroker(ManagedBroker):
         port: int = 0,
         cache_dir: Path | None = None,
         heap_mb: int = 768,
+        properties: dict[str, str] | None = None,
     ) -> None:
         """Pick the ports now (``port=0``: free ones) and keep them for the broker's lifetime.
 
         The controller listener always gets a free port of its own, so that only the client
-        port has to be chosen by callers who want a fixed address.
+        port has to be chosen by callers who want a fixed address. ``properties`` are
+        ``server.properties`` settings added to (or replacing) the defaults below, e.g.
+        ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` for the chaos suite.
         """
         self.workdir = Path(workdir).resolve()
         self.cache_dir = cache_dir
         self.heap_mb = heap_mb
+        self.properties = dict(properties or {})
         if port:
             self.port = port
             self.controller_port = pick_ports(1, exclude={port})[0]
@@ -189,6 +193,7 @@ class KafkaBroker(ManagedBroker):
             # still tolerates multi-second stalls on a busy 2-core machine.
             "broker.session.timeout.ms": "4000",
             "broker.heartbeat.interval.ms": "500",
+            **self.properties,
         }
         body = "".join(f"{key}={value}\n" for key, value in props.items())
         return "# Written by devtools.brokers.kafka; rewritten on every start.\n" + body

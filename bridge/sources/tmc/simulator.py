@@ -97,6 +97,8 @@ class _Msg:
     pushed_at: float = 0.0
     #: The attempt-independent part of the push, encoded on first push.
     body: bytes = b""
+    #: The serial of the connection it was last pushed to (0: never pushed).
+    conn: int = 0
 
 
 @dataclass(eq=False)
@@ -107,6 +109,8 @@ class _Conn:
     outbox: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     in_flight: int = 0
     duplicate_next: int = 0
+    #: Login order within this simulator (1, 2, ...): the ledger's ``conn``.
+    serial: int = 0
 
 
 @dataclass
@@ -167,6 +171,7 @@ class Simulator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._settled = asyncio.Event()
+        self._logins = 0
         self.port = 0
         #: Confirmed ids the ledger never held (pushed with push_raw, or a client bug).
         self.unknown_confirmed_ids: deque[int] = deque(maxlen=10_000)
@@ -236,7 +241,9 @@ class Simulator:
         return self.publish_events(self._generator.events(count), group=group)
 
     def ledger(self) -> list[dict[str, Any]]:
-        """Every message: id, topic, key, state and how often it was pushed."""
+        """Every message: id, topic, key, state, how often it was pushed and the serial
+        of the connection it was last pushed to (connections are numbered 1, 2, ... in
+        login order; 0: never pushed)."""
         return [
             {
                 "id": m.id,
@@ -244,6 +251,7 @@ class Simulator:
                 "key": m.event.key,
                 "state": m.state,
                 "pushes": m.pushes,
+                "conn": m.conn,
             }
             for m in self._messages.values()
         ]
@@ -346,7 +354,10 @@ class Simulator:
                         continue
                     await ws.send(session.accept(event, str(uuid.uuid4())))
                     self.stats.logins_ok += 1
-                    conn = _Conn(ws, session, (event.app_key, event.group_name))
+                    self._logins += 1
+                    conn = _Conn(
+                        ws, session, (event.app_key, event.group_name), serial=self._logins
+                    )
                     self._groups.setdefault(conn.group, _Group()).conns.append(conn)
                     writer = asyncio.create_task(self._writer(conn))
                     self._wake.set()
@@ -521,6 +532,7 @@ class Simulator:
         self._in_flight[msg.id] = msg
         msg.state = "in_flight"
         msg.owner = conn
+        msg.conn = conn.serial
         msg.pushed_at = now
         msg.deadline = now + self.config.confirm_timeout_s
         conn.in_flight += 1
