@@ -44,7 +44,14 @@ from bridge.pipeline.ledger import LruCommittedIds
 from bridge.pipeline.ports import MessageKey
 from bridge.retry import Backoff
 from bridge.sinks.kafka_config import KafkaSinkConfig
-from bridge.sinks.kafka_log import LibrdkafkaLogger, Redactor, Throttle, one_line, sensitive_values
+from bridge.sinks.kafka_log import (
+    VARIABLE_TAIL,
+    LibrdkafkaLogger,
+    Redactor,
+    Throttle,
+    one_line,
+    sensitive_values,
+)
 
 log = structlog.get_logger("bridge.dedup")
 
@@ -110,7 +117,9 @@ class KafkaCommittedIds:
         self._admin_factory = admin_factory
         self._wall = wall_clock
         self._redact = Redactor(sensitive_values(dict(config.extra)))
-        self._logger = LibrdkafkaLogger(self._redact, Throttle())
+        #: Same line over and over while the broker is away: one per interval, counted.
+        self._throttle = Throttle()
+        self._logger = LibrdkafkaLogger(self._redact, self._throttle)
         #: source name -> its ids (written by the follower thread, read by the loop).
         self._windows: dict[str, IdWindow] = {}
         #: Committed ids outside int64 (no marker holds them): this process only.
@@ -373,7 +382,12 @@ class KafkaCommittedIds:
                     raise
                 err: KafkaError = exc.args[0]
                 self._problem = f"committed-ids store: {self._describe(err)}"
-                log.warning("committed-ids store: broker did not answer", error=self._problem)
+                left_out = self._throttle.admit(("retry", err.name()))
+                if left_out is not None:
+                    more = {"repeated": left_out} if left_out else {}
+                    log.warning(
+                        "committed-ids store: broker did not answer", error=self._problem, **more
+                    )
                 self._stop.wait(next(delays))
                 continue
             if failed and self._caught_up:
@@ -385,4 +399,9 @@ class KafkaCommittedIds:
 
     def _on_client_error(self, err: KafkaError) -> None:
         self._metrics.sink_error("kafka-dedup", err.name())
-        log.warning("committed-ids store client error", error=self._describe(err))
+        described = self._describe(err)
+        left_out = self._throttle.admit(("error", err.name(), VARIABLE_TAIL.sub("", described)))
+        if left_out is None:
+            return
+        more = {"repeated": left_out} if left_out else {}
+        log.warning("committed-ids store client error", error=described, **more)

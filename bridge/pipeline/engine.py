@@ -46,7 +46,7 @@ from bridge.errors import SinkError, SinkStopped
 from bridge.model import Delivery, OutRecord, SourceMessage
 from bridge.observability import metrics as m
 from bridge.pipeline.ledger import Admission, Ledger, LruCommittedIds, swap_refused
-from bridge.pipeline.ports import Batch, BatchSink, CommittedIds
+from bridge.pipeline.ports import Batch, BatchSink, CommittedIds, Refused
 from bridge.pipeline.routing import Router
 from bridge.retry import Backoff
 
@@ -343,7 +343,7 @@ class Pipeline:
             attempt += 1
             started = self._writing_since = self._clock()
             try:
-                refused = await self._in_sink(self._sink.write_batch, batch)
+                refused = await self._call_sink(batch)
             except SinkStopped:
                 self.metrics.transaction(sink, m.ABORTED)
                 log.warning("sink stopped; batch left unconfirmed", messages=len(entries))
@@ -396,6 +396,23 @@ class Pipeline:
             self._sink_error = None
             self._settle(entries, records, self._clock() - started)
             return True
+
+    async def _call_sink(self, batch: Batch) -> list[Refused]:
+        """``write_batch``, with anything it raises besides SinkError (a bug, or a client
+        error it failed to classify) taken as a fatal SinkError: the client is rebuilt
+        and the batch sent again, instead of the exception ending the bridge. Nothing of
+        such a batch counts as committed."""
+        try:
+            return await self._in_sink(self._sink.write_batch, batch)
+        except SinkError:
+            raise
+        except Exception as exc:
+            log.exception("sink raised an unexpected error; rebuilding its client")
+            raise SinkError(
+                f"unexpected {type(exc).__name__} from the sink: {exc}"[:300],
+                fatal=True,
+                error_class=type(exc).__name__,
+            ) from exc
 
     def _batch(self, entries: list[_Entry]) -> Batch:
         def still_wanted() -> str | None:

@@ -181,7 +181,7 @@ class KafkaSink:
             # No open transaction, or the broker is gone: it aborts on transaction timeout.
             with contextlib.suppress(KafkaException):
                 producer.abort_transaction(1.0)
-            with contextlib.suppress(KafkaException, RuntimeError):
+            with contextlib.suppress(SinkError, RuntimeError):
                 self._serve(producer)  # the last log lines
 
     # -- the batch ---------------------------------------------------------------
@@ -292,7 +292,7 @@ class KafkaSink:
                 return None
             except BufferError:
                 # Local queue full: serve delivery reports until there is room.
-                producer.poll(0.05)
+                self._poll(producer, 0.05)
                 self._check_stopping(producer)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -359,7 +359,22 @@ class KafkaSink:
     def _serve(self, producer: Producer) -> None:
         """Hand over what librdkafka queued for the application: log lines (with a
         ``logger`` set they wait in this queue), error_cb calls and delivery reports."""
-        producer.poll(0)
+        self._poll(producer, 0)
+
+    def _poll(self, producer: Producer, timeout_s: float) -> None:
+        """``poll`` raises when the producer hit a fatal error meanwhile (e.g. the broker
+        aborted a transaction that outlived transaction.timeout.ms while it was away):
+        the producer must then be rebuilt, which a fatal SinkError tells the pipeline."""
+        try:
+            producer.poll(timeout_s)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            self._note(err)
+            raise SinkError(
+                f"kafka producer failed: {self._describe(err)}",
+                fatal=True,
+                error_class=err.name(),
+            ) from None
 
     def _permanent_refusals(self, producer: Producer) -> list[Refused]:
         """The records whose delivery reports say the broker refused them for good."""
@@ -476,4 +491,4 @@ class KafkaSink:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            producer.poll(min(remaining, 0.1))
+            self._poll(producer, min(remaining, 0.1))

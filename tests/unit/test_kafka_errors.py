@@ -112,6 +112,10 @@ class ScriptedProducer:
         self._next("abort")
 
     def poll(self, _timeout: float) -> int:
+        # Not in `calls` (it happens around every call); raises only when scripted.
+        outcomes = self.script.get("poll", [])
+        if outcomes:
+            raise KafkaException(outcomes.pop(0))
         return 0
 
     def list_topics(self, *_a: Any, **_kw: Any) -> None:
@@ -183,3 +187,41 @@ def test_a_record_refused_while_producing_is_reported_not_resent_forever() -> No
     refused = sink.write_batch(batch())
     assert [r.index for r in refused] == [0] and "INVALID_RECORD" in refused[0].reason
     assert "commit" not in producer.calls and producer.calls[-1] == "abort"
+
+
+def test_a_producer_that_failed_while_polled_asks_for_a_rebuild() -> None:
+    """The broker aborted a transaction that outlived transaction.timeout.ms while it was
+    away: librdkafka reports it from poll(), which must become a fatal SinkError (the
+    pipeline rebuilds the producer), never a raw KafkaException ending the bridge."""
+    sink, producer = sink_with({})
+    producer.script["poll"] = [err(KafkaError.INVALID_TXN_STATE, fatal=True)]
+    with pytest.raises(SinkError) as info:
+        sink.write_batch(batch())
+    assert info.value.fatal and "INVALID_TXN_STATE" in str(info.value)
+
+
+def test_a_batch_taken_back_before_commit_is_aborted() -> None:
+    sink, producer = sink_with({})
+    taken_back = batch()
+    taken_back.still_wanted = lambda: "1 of its messages will be redelivered by their source"
+    with pytest.raises(SinkError, match="taken back before commit"):
+        sink.write_batch(taken_back)
+    assert "commit" not in producer.calls and producer.calls[-1] == "abort"
+
+
+def test_markers_go_in_the_transaction_to_partition_zero() -> None:
+    producer = ScriptedProducer({})
+    config = KafkaSinkConfig(bootstrap_servers="b:9092", transactional_id="t")
+    sink = KafkaSink(
+        config, producer_factory=lambda _c: producer, metrics=Metrics(), dedup_namespace="ns"
+    )
+    sink.start()
+    keyed = batch(3)
+    keyed.keys = [("tmc", 1), ("tmc", 2), ("ons", 3)]
+    assert sink.write_batch(keyed) == []
+    assert producer.calls[-1] == "commit"
+    markers = [(t, v) for t, v in producer.produced if t == config.dedup.topic]
+    assert [v for _, v in markers] == [
+        b"\x01" + (1).to_bytes(8, "big") + (2).to_bytes(8, "big"),
+        b"\x01" + (3).to_bytes(8, "big"),
+    ]
