@@ -165,7 +165,11 @@ class Simulator:
         self._in_flight: dict[int, _Msg] = {}
         self._rng = random.Random(self.config.seed)
         self._generator = OrderGenerator(self.config.seed)
-        self._next_id = 2_200_000_000_123_400_000 + self._rng.randrange(10**5) * 1000
+        # Ids from the clock (µs × 1000), not the seed: every run, seeded alike or not,
+        # publishes ids no earlier run used, so a bridge whose durable committed-ids store
+        # remembers an earlier run never takes a new message for a redelivery. 19 digits
+        # like TMC's own, within Int64 until the 2200s.
+        self._next_id = 2_200_000_000_000_000_000 + time.time_ns() // 1000 * 1000
         self.id_base = self._next_id
         self._server: Server | None = None
         self._wake = asyncio.Event()
