@@ -74,22 +74,41 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bridge.observability import logging as obs_logging
-    from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
+    from bridge.sources.tmc.simulator import FaultSchedule, Simulator, SimulatorConfig
 
     obs_logging.configure(args.log_level, "auto")
     secret = os.environ.get(args.app_secret_env)
     if not secret:
         raise ConfigError(f"simulate: environment variable {args.app_secret_env} is not set")
+    try:
+        faults = [FaultSchedule.parse(text) for text in args.fault]
+    except ValueError as exc:
+        raise ConfigError(f"simulate: --fault: {exc}") from None
     cfg = SimulatorConfig(
         host=args.host,
         port=args.port,
         apps={args.app_key: secret},
         confirm_timeout_s=args.confirm_timeout_s,
         failed_delay_s=args.failed_delay_s,
+        ttl_s=args.ttl_s,
         window=args.window,
         distribution=args.distribution,
         redeliver_on_disconnect=args.redeliver_on_disconnect,
+        login_error_code=args.login_error_code,
+        login_error_phrase=args.login_error_phrase,
+        close_on_login_error=args.close_on_login_error,
+        strict=args.strict,
         seed=args.seed,
+        answer_pings=args.answer_pings,
+        ping_interval_s=args.ping_interval_s or None,
+        idle_close_s=args.idle_close_s or None,
+        min_reconnect_interval_s=args.min_reconnect_interval_s,
+        max_connections=args.max_connections,
+        pacing=args.pacing,
+        push_batch=args.push_batch,
+        push_round_max=args.push_round_max,
+        push_round_interval_s=args.push_round_interval_s,
+        faults=faults,
     )
 
     async def main() -> None:
@@ -112,6 +131,155 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bridge.sources.tmc.simulator import FAULTS
+
+    faults = "; ".join(f"{name}: {what}" for name, what in FAULTS.items())
+    sim = sub.add_parser(
+        "simulate",
+        help="run a TMC server simulator",
+        description="A TMC WebSocket server for tests: the same port answers HTTP control "
+        "requests (/_sim/stats, /_sim/ledger, /_sim/publish?count=N, "
+        "/_sim/fault?name=NAME).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = sim.add_argument_group("listening and login")
+    net.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    net.add_argument("--port", type=int, default=8765, help="WebSocket and HTTP control port")
+    net.add_argument("--app-key", default="12345678", help="the accepted app key")
+    net.add_argument(
+        "--app-secret-env",
+        default="TMC_APP_SECRET",
+        help="environment variable holding the accepted app secret",
+    )
+    proto = sim.add_argument_group("protocol")
+    proto.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse non-canonical client frames (a missing token, an id that is not "
+        "Int64, ...) instead of accepting the variants real clients send",
+    )
+    proto.add_argument(
+        "--login-error-code", type=int, default=1, help="StatusCode of a failed CONNECTACK"
+    )
+    proto.add_argument(
+        "--login-error-phrase",
+        default="invalid sign",
+        help="StatusPhrase of a CONNECTACK refused for its sign",
+    )
+    proto.add_argument(
+        "--close-on-login-error",
+        action="store_true",
+        help="close the socket after a failed CONNECTACK (top-link keeps it open)",
+    )
+    proto.add_argument(
+        "--min-reconnect-interval-s",
+        type=float,
+        default=0.0,
+        help="refuse a login of an (app key, group) sooner than this after its "
+        "previous login (0: off)",
+    )
+    proto.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="refuse logins beyond this many connections per group (0: no limit)",
+    )
+    live = sim.add_argument_group("liveness")
+    live.add_argument(
+        "--answer-pings",
+        action="store_true",
+        help="answer WebSocket pings with pongs (the real server does not, and a pong "
+        "kills the official Java client)",
+    )
+    live.add_argument(
+        "--ping-interval-s",
+        type=float,
+        default=0.0,
+        help="send a WebSocket ping this often, no pong required (0: never)",
+    )
+    live.add_argument(
+        "--idle-close-s",
+        type=float,
+        default=0.0,
+        help="close with 1011 'reach max idle time' after this long without traffic (0: never)",
+    )
+    dlv = sim.add_argument_group("delivery")
+    dlv.add_argument("--messages", type=int, default=0, help="generate this many at start")
+    dlv.add_argument(
+        "--confirm-timeout-s",
+        type=float,
+        default=60.0,
+        help="redeliver a pushed message not confirmed within this time",
+    )
+    dlv.add_argument(
+        "--failed-delay-s",
+        type=float,
+        default=360.0,
+        help="redeliver a message this long after the client reported it Failed",
+    )
+    dlv.add_argument(
+        "--ttl-s",
+        type=float,
+        default=24 * 3600.0,
+        help="drop messages older than this, queued or in flight",
+    )
+    dlv.add_argument(
+        "--window",
+        type=int,
+        default=1000,
+        help="unconfirmed pushes per connection before the server waits",
+    )
+    dlv.add_argument(
+        "--distribution",
+        choices=["round_robin", "random"],
+        default="round_robin",
+        help="how a group's messages are spread over its connections",
+    )
+    dlv.add_argument(
+        "--redeliver-on-disconnect",
+        action="store_true",
+        help="requeue a closed connection's unconfirmed messages at once "
+        "(else after --confirm-timeout-s)",
+    )
+    dlv.add_argument(
+        "--pacing",
+        action="store_true",
+        help="pace pushes per round like top-push (else the whole window at once)",
+    )
+    dlv.add_argument(
+        "--push-batch",
+        type=int,
+        default=32,
+        help="pacing: a round ends when less than half of this is left in the window",
+    )
+    dlv.add_argument(
+        "--push-round-max", type=int, default=320, help="pacing: pushes per connection and round"
+    )
+    dlv.add_argument(
+        "--push-round-interval-s",
+        type=float,
+        default=1.0,
+        help="pacing: seconds between the starts of two rounds",
+    )
+    dlv.add_argument("--seed", type=int, default=1, help="seed of the generated orders")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME:every=SECONDS[,k=v]",
+        help=f"inject a fault on a schedule, repeatable (e.g. drop_connection:every=30s, "
+        f"close_code:every=60s,code=4001). Faults: {faults}",
+    )
+    sim.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="debug also logs pings, pulls and Failed reports",
+    )
+    sim.set_defaults(func=_cmd_simulate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tmc-bridge", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tmc-bridge {__version__}")
@@ -125,29 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", default="bridge.yaml")
     check.set_defaults(func=_cmd_check_config)
 
-    sim = sub.add_parser("simulate", help="run a TMC server simulator")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--app-key", default="12345678")
-    sim.add_argument(
-        "--app-secret-env",
-        default="TMC_APP_SECRET",
-        help="environment variable holding the accepted app secret",
-    )
-    sim.add_argument("--messages", type=int, default=0, help="generate this many at start")
-    sim.add_argument("--confirm-timeout-s", type=float, default=60.0)
-    sim.add_argument("--failed-delay-s", type=float, default=360.0)
-    sim.add_argument("--window", type=int, default=1000)
-    sim.add_argument("--distribution", choices=["round_robin", "random"], default="round_robin")
-    sim.add_argument(
-        "--redeliver-on-disconnect",
-        action="store_true",
-        help="hand a lost connection's unconfirmed messages to another one at once "
-        "(default: after --confirm-timeout-s, as TMC does)",
-    )
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    sim.set_defaults(func=_cmd_simulate)
+    _simulate_parser(sub)
 
     return parser
 

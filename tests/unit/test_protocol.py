@@ -36,11 +36,21 @@ FAILED_76 = (
 )
 
 
+#: The bridge's own CONNECT for the inputs of §7.1 (sdk ``tmc-bridge``): the keys of the
+#: official Java client 2.0.0 in its order, ``token`` as Void.
+BRIDGE_CONNECT = (
+    "02000400010000000100070000006170705f6b65790108000000313233343536373801000a00000067726f7570"
+    "5f6e616d65010700000064656661756c7401000a00000066696c7465725f65787001010000002a01000b000000"
+    "6d696e6f725f67726f7570010700000064656661756c740100040000007369676e012000000038413235443139"
+    "4430334330344232383936323732373834343035463943444601000300000073646b010a000000746d632d6272"
+    "6964676501000b000000696e7472616e65745f6970010c0000003139322e3136382e312e313001000900000074"
+    "696d657374616d70010d00000031373030303030303030303030010005000000746f6b656e000000"
+)
+
+
 def online_session() -> tmc_session.ClientSession:
-    s = tmc_session.ClientSession(
-        "12345678", SECRET, "default", sdk="top-sdk-java-20240101", intranet_ip="192.168.1.10"
-    )
-    assert s.connect(1700000000000).hex() == CONNECT_71
+    s = tmc_session.ClientSession("12345678", SECRET, "default", intranet_ip="192.168.1.10")
+    assert s.connect(1700000000000).hex() == BRIDGE_CONNECT
     assert s.receive(CONNECTACK_72) == tmc_session.LoggedIn(TOKEN)
     return s
 
@@ -49,6 +59,30 @@ def test_sign_worked_example() -> None:
     assert tmc_session.sign(SECRET, "12345678", "default", "1700000000000") == (
         "8A25D19D03C04B2896272784405F9CDF"
     )
+
+
+def test_bridge_connect_carries_the_java_client_keys() -> None:
+    frame = codec.decode(bytes.fromhex(BRIDGE_CONNECT))
+    assert list(frame.custom) == [
+        "app_key",
+        "group_name",
+        "filter_exp",
+        "minor_group",
+        "sign",
+        "sdk",
+        "intranet_ip",
+        "timestamp",
+        "token",
+    ]
+    assert frame.get("filter_exp") == "*" and frame.get("minor_group") == "default"
+    assert frame.custom["token"] == codec.Value(codec.Fmt.VOID, None)
+    assert frame.get("sdk") == "tmc-bridge" and frame.flag == 1
+    assert frame.get("sign") == "8A25D19D03C04B2896272784405F9CDF"
+    # The socket's local address, when the caller passes it, wins; without any the key
+    # is left out.
+    s = tmc_session.ClientSession("12345678", SECRET, "default")
+    assert codec.decode(s.connect(1, intranet_ip="10.0.0.7")).get("intranet_ip") == "10.0.0.7"
+    assert "intranet_ip" not in codec.decode(s.connect(1)).custom
 
 
 def test_client_frames_match_vectors_byte_for_byte() -> None:

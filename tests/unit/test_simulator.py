@@ -190,3 +190,225 @@ def test_backoff_first_delay_not_below_minimum_and_capped() -> None:
     first = [next(delays) for _ in range(10)]
     assert 10 <= first[0] <= 15
     assert all(d <= 120 for d in first) and first[-1] >= 60
+
+
+# -- liveness (§8) -------------------------------------------------------------------
+
+
+async def test_pings_are_not_answered_by_default_but_counted(sim: Simulator) -> None:
+    client = await login(sim)
+    pong = await client.ws.ping(b"")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pong, 0.3)
+    assert sim.stats.pings_received == 1 and sim.stats.pongs_sent == 0
+    await client.ws.close()
+
+
+@pytest.mark.parametrize("sim", [{"answer_pings": True}], indirect=True)
+async def test_answer_pings_restores_pongs(sim: Simulator) -> None:
+    client = await login(sim)
+    await asyncio.wait_for(await client.ws.ping(b""), 2)
+    assert sim.stats.pongs_sent == 1
+    await client.ws.close()
+
+
+@pytest.mark.parametrize("sim", [{"idle_close_s": 0.3}], indirect=True)
+async def test_idle_socket_is_closed_with_1011(sim: Simulator) -> None:
+    client = await login(sim)
+    await asyncio.wait_for(client.ws.wait_closed(), 3)
+    assert client.ws.close_code == 1011 and client.ws.close_reason == "reach max idle time"
+    assert sim.stats.idle_closes == 1
+
+
+@pytest.mark.parametrize("sim", [{"ping_interval_s": 0.1}], indirect=True)
+async def test_server_pings_need_no_pong(sim: Simulator) -> None:
+    ws = await connect(sim.url, compression=None)
+    ws.protocol.recv_frame = lambda frame: None  # type: ignore[method-assign] # never pong
+    await asyncio.sleep(0.5)
+    assert ws.state.name == "OPEN"
+    ws.transport.abort()
+
+
+# -- faults (§11.8) ------------------------------------------------------------------
+
+
+def sim_get(sim: Simulator, path: str) -> object:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sim.port}/_sim/{path}") as r:
+        return json.loads(r.read())
+
+
+async def test_http_401_fault_refuses_the_next_upgrade(sim: Simulator) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    assert await asyncio.to_thread(sim_get, sim, "fault?name=http_401") == {"applied": True}
+    with pytest.raises(InvalidStatus) as info:
+        await connect(sim.url)
+    assert info.value.response.status_code == 401
+    (await login(sim)).ws.transport.abort()  # only the next one
+    stats = await asyncio.to_thread(sim_get, sim, "stats")
+    assert isinstance(stats, dict) and stats["faults"] == {"http_401": 1}
+
+
+async def test_wrong_ack_flag_fault(sim: Simulator) -> None:
+    sim.inject("wrong_ack_flag")
+    async with connect(sim.url) as ws:
+        await ws.send(ClientSession(KEY, SECRET, "default").connect(1))
+        frame = codec.decode(await ws.recv())  # type: ignore[arg-type]
+        assert frame.token and frame.flag == 2
+
+
+async def test_wrong_token_gzip_and_fragmented_pushes(sim: Simulator) -> None:
+    import gzip
+
+    client = await login(sim)
+    for fault in ("wrong_token", "gzip_content", "fragmented_frame"):
+        assert sim.inject(fault)  # type: ignore[arg-type]
+    sim.publish(3)
+    frames = [codec.decode(await client.ws.recv()) for _ in range(3)]  # type: ignore[arg-type]
+    assert frames[0].token != client.session.token
+    gz = next(f for f in frames if f.custom["content"].fmt is codec.Fmt.BYTE_ARRAY)
+    assert json.loads(gzip.decompress(gz.custom["content"].data))  # type: ignore[arg-type]
+    assert all(f.custom["id"].fmt is codec.Fmt.INT64 for f in frames)  # fragments joined
+    assert sim.stats.faults == {"wrong_token": 1, "gzip_content": 1, "fragmented_frame": 1}
+    await client.ws.close()
+
+
+async def test_out_of_order_fault_swaps_two_pushes(sim: Simulator) -> None:
+    client = await login(sim)
+    sim.inject("out_of_order")
+    a, b, c = sim.publish(3)
+    assert [p.message.message_id for p in await client.pushes(3)] == [b, a, c]
+    await client.ws.close()
+
+
+async def test_close_code_fault(sim: Simulator) -> None:
+    client = await login(sim)
+    sim.inject("close_code", params={"code": "4001", "reason": "kicked"})
+    await asyncio.wait_for(client.ws.wait_closed(), 3)
+    assert (client.ws.close_code, client.ws.close_reason) == (4001, "kicked")
+
+
+async def test_max_connections_and_min_reconnect_interval(sim: Simulator) -> None:
+    sim.inject("max_connections", params={"n": "1"})
+    first = await login(sim)
+    with pytest.raises(LoginError, match="too many connections"):
+        await login(sim)
+    await first.ws.close()
+    await asyncio.sleep(0.1)
+    sim.inject("max_connections", params={"n": "0"})
+    sim.inject("min_reconnect_interval", params={"s": "5"})
+    with pytest.raises(LoginError, match="reconnect too frequently"):
+        await login(sim)
+    assert sim.stats.logins_refused == 2
+
+
+def test_fault_schedule_parsing() -> None:
+    from bridge.sources.tmc.simulator import FaultSchedule
+
+    f = FaultSchedule.parse("close_code:every=30s,code=4001")
+    assert (f.name, f.every_s, f.params) == ("close_code", 30.0, {"code": "4001"})
+    for bad in ("nope:every=1", "drop_connection", "drop_connection:every=0"):
+        with pytest.raises(ValueError):
+            FaultSchedule.parse(bad)
+
+
+async def test_scheduled_fault_runs() -> None:
+    from bridge.sources.tmc.simulator import FaultSchedule
+
+    cfg = SimulatorConfig(apps={KEY: SECRET}, faults=[FaultSchedule.parse("idle_close:every=0.2")])
+    async with Simulator(cfg) as s:
+        client = await login(s)
+        await asyncio.wait_for(client.ws.wait_closed(), 3)
+        assert client.ws.close_code == 1011 and s.stats.faults["idle_close"] >= 1
+
+
+# -- redelivery, TTL, pacing, memory ---------------------------------------------------
+
+
+@pytest.mark.parametrize("sim", [{"ttl_s": 0.3}], indirect=True)
+async def test_ttl_expires_in_flight_messages_too(sim: Simulator) -> None:
+    sim.publish(2)
+    client = await login(sim)
+    await client.pushes(2)
+    assert await sim.wait_settled(3)
+    assert sim.stats.expired == 2 and sim.stats.expired_in_flight == 2
+    assert {m["state"] for m in sim.ledger()} == {"expired"}
+    await client.ws.close()
+
+
+@pytest.mark.parametrize(
+    "sim",
+    [{"pacing": True, "push_round_max": 10, "push_round_interval_s": 0.5}],
+    indirect=True,
+)
+async def test_pacing_pushes_a_bounded_round_per_interval(sim: Simulator) -> None:
+    sim.publish(25)
+    client = await login(sim)
+    await client.pushes(10)
+    with pytest.raises(TimeoutError):
+        await client.push(wait_s=0.2)
+    await client.pushes(10)  # the next round, about 0.5 s after the first
+    await client.ws.close()
+
+
+@pytest.mark.parametrize("sim", [{"redeliver_on_disconnect": True}], indirect=True)
+async def test_redelivery_on_disconnect_is_counted(sim: Simulator) -> None:
+    sim.publish(2)
+    client = await login(sim)
+    await client.pushes(2)
+    await client.ws.close()
+    await asyncio.sleep(0.1)
+    assert sim.stats.redelivered_on_disconnect == 2 and sim.stats.redelivered == 2
+
+
+async def test_settled_messages_are_released_but_stay_in_the_ledger(sim: Simulator) -> None:
+    ids = sim.publish(3)
+    client = await login(sim)
+    for push in await client.pushes(3):
+        await client.ws.send(client.session.confirm(push.message.message_id))
+    assert await sim.wait_settled(2)
+    assert not sim._messages
+    ledger = sim.ledger()
+    assert [m["id"] for m in ledger] == ids
+    assert all(m["state"] == "confirmed" and m["pushes"] == 1 and m["conn"] == 1 for m in ledger)
+    await client.ws.send(client.session.confirm(ids[0]))
+    await asyncio.sleep(0.05)
+    assert sim.stats.duplicate_confirms == 1
+    await client.ws.close()
+
+
+def test_cli_help_documents_every_option_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["simulate", "--help"])
+    out = capsys.readouterr().out
+    for opt in ("--strict", "--answer-pings", "--idle-close-s", "--ttl-s", "--pacing"):
+        assert opt in out
+    assert out.count("(default:") >= 25
+    args = build_parser().parse_args(["simulate"])
+    assert args.strict is False  # lenient by default on the command line
+
+
+async def test_top_gateway_consumes_and_confirms_the_same_queues(sim: Simulator) -> None:
+    from urllib.parse import urlencode
+
+    from bridge.sources.tmc.top_sign import signed_params
+
+    ids = sim.publish(3)
+
+    def call(method: str, **api: str) -> dict[str, object]:
+        query = urlencode(signed_params(method, KEY, SECRET, api))
+        with urllib.request.urlopen(f"http://127.0.0.1:{sim.port}/router/rest?{query}") as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+    got = await asyncio.to_thread(call, "taobao.tmc.messages.consume", quantity="10")
+    body = got["tmc_messages_consume_response"]
+    assert isinstance(body, dict)
+    messages = body["messages"]["tmc_message"]
+    assert [m["id"] for m in messages] == ids
+    ok = ",".join(str(i) for i in ids)
+    await asyncio.to_thread(call, "taobao.tmc.messages.confirm", s_message_ids=ok)
+    assert await sim.wait_settled(2) and sim.stats.confirmed == 3

@@ -206,7 +206,11 @@ class _Connection:
             user_agent_header=None,
         ) as ws:
             self._ws = ws
-            await ws.send(self.session.connect(int(time.time() * 1000)))
+            # The official client tells the server its own address (intranet_ip): the
+            # socket's local end.
+            local = ws.local_address
+            address = str(local[0]) if isinstance(local, tuple) and local else None
+            await ws.send(self.session.connect(int(time.time() * 1000), intranet_ip=address))
             first = await asyncio.wait_for(ws.recv(), cfg.connect_timeout_s)
             if not isinstance(first, bytes):
                 raise ProtocolError("text frame instead of CONNECTACK")

@@ -77,6 +77,9 @@ class Rejected:
 
 ClientEvent = LoggedIn | Push | Ignored | Rejected
 
+#: CONNECT ``minor_group`` and ``filter_exp`` as the official Java client sends them (§5.2).
+DEFAULT_MINOR_GROUP = "default"
+DEFAULT_FILTER_EXP = "*"
 #: Default for the inflated size of gzip ByteArray content (source.tmc.max_content_bytes).
 DEFAULT_MAX_CONTENT_BYTES = 4 * 1024 * 1024
 #: ``content`` is kept as the bytes received, never decoded and re-encoded.
@@ -105,8 +108,12 @@ class ClientSession:
         sdk: str = "tmc-bridge",
         intranet_ip: str | None = None,
         max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES,
+        minor_group: str = DEFAULT_MINOR_GROUP,
+        filter_exp: str = DEFAULT_FILTER_EXP,
     ) -> None:
         self.app_key = app_key
+        self.minor_group = minor_group
+        self.filter_exp = filter_exp
         self.max_content_bytes = max_content_bytes
         self._secret = app_secret
         self.group_name = group_name
@@ -119,8 +126,15 @@ class ClientSession:
         # are one per message (§6.2) and only append the id to prebuilt parts.
         self._send_head = b""
 
-    def connect(self, now_ms: int) -> bytes:
-        """The CONNECT frame for a new socket; forgets any previous token (§8.3)."""
+    def connect(self, now_ms: int, *, intranet_ip: str | None = None) -> bytes:
+        """The CONNECT frame for a new socket; forgets any previous token (§8.3).
+
+        It carries the keys the official Java client 2.0.0 sends, in the order its map
+        writes them: ``app_key``, ``group_name``, ``filter_exp``, ``minor_group``,
+        ``sign``, ``sdk``, ``intranet_ip``, ``timestamp`` and ``token`` (Void: no auth
+        token is used). ``intranet_ip`` (the socket's local address, when the caller
+        knows it) overrides the one given at construction; with neither it is left out.
+        """
         self._flag += 1
         self.token = None
         self.state = State.AWAIT_CONNECTACK
@@ -128,12 +142,16 @@ class ClientSession:
         custom: dict[str, Value] = {
             "app_key": codec.string(self.app_key),
             "group_name": codec.string(self.group_name),
-            "timestamp": codec.string(timestamp),
+            "filter_exp": codec.string(self.filter_exp),
+            "minor_group": codec.string(self.minor_group),
             "sign": codec.string(sign(self._secret, self.app_key, self.group_name, timestamp)),
             "sdk": codec.string(self.sdk),
         }
-        if self.intranet_ip:
-            custom["intranet_ip"] = codec.string(self.intranet_ip)
+        ip = intranet_ip or self.intranet_ip
+        if ip:
+            custom["intranet_ip"] = codec.string(ip)
+        custom["timestamp"] = codec.string(timestamp)
+        custom["token"] = Value(Fmt.VOID, None)
         return codec.encode(Frame(MessageType.CONNECT, flag=self._flag, custom=custom))
 
     def receive(self, data: bytes, *, received_ns: int = 0) -> ClientEvent:
@@ -415,7 +433,9 @@ def _raw_text(frame: Frame, key: str) -> str | None:
 
 
 __all__ = [
+    "DEFAULT_FILTER_EXP",
     "DEFAULT_MAX_CONTENT_BYTES",
+    "DEFAULT_MINOR_GROUP",
     "FAILED_MSG_MAX",
     "INT64_MAX",
     "INT64_MIN",

@@ -1,49 +1,64 @@
-"""A TMC server simulator (shared/tmc-protocol.md §9, §11) for tests, the demo and users.
+"""A TMC server simulator (shared/tmc-protocol.md §8, §9, §11) for tests, the demo and users.
 
 What it does, as the real server is documented to:
 
 * checks the CONNECT ``sign`` against the configured app key/secret and answers a
   CONNECTACK that echoes the Flag and carries a UUID token, or a failed CONNECTACK with
   a StatusCode/StatusPhrase and no token (then keeps or closes the socket, configurable);
-* puts the session token on every push and requires it on every client SEND;
+  optionally refuses logins that come faster than a minimum reconnect interval or beyond
+  a maximum number of connections per group;
+* puts the session token on every push and requires it on every client SEND (strict), or
+  accepts the variants seen in the wild (lenient);
 * keeps one queue per (app_key, group); each message goes to exactly one online
   connection of the group (round-robin or random), with a per-connection window of
-  unconfirmed pushes; pull requests trigger delivery rounds;
+  unconfirmed pushes; pull requests trigger delivery rounds, optionally paced like
+  top-push (a bounded number of pushes per round, rounds a fixed interval apart);
 * tracks confirms (from any connection of the group; unknown or repeated ids are counted
-  and ignored), redelivers after ``confirm_timeout_s`` without confirm and after
-  ``failed_delay_s`` following a Failed (kind 20); Confirm after Failed wins (§6.3);
-* drops messages older than ``ttl_s``;
-* fault injection: drop a connection abruptly, duplicate the next push, send a malformed
-  frame;
+  and ignored), redelivers after ``confirm_timeout_s`` without confirm (or at once when a
+  socket closes, configurable) and after ``failed_delay_s`` following a Failed (kind 20);
+  Confirm after Failed wins;
+* drops messages older than ``ttl_s``, queued, delayed or in flight;
+* liveness like the real server: answers **no** WebSocket pings unless told to (a pong
+  kills the official Java client), optional server pings, optional idle close (1011
+  ``reach max idle time``);
+* fault injection (:data:`FAULTS`), on demand or on a schedule;
+* keeps memory bounded: a settled (confirmed or expired) message keeps only a compact
+  outcome (state, pushes, connection, topic, key) in parallel arrays;
 * reports what it published, pushed, what was confirmed, redelivered and is still
   outstanding, over HTTP on the same port (``GET /_sim/stats``) and in-process.
 
 HTTP control (same port as the WebSocket, any other path is the TMC endpoint):
 ``GET /_sim/stats``, ``GET /_sim/ledger``, ``GET /_sim/publish?count=N``,
-``GET /_sim/fault?name=drop_connection|duplicate_push|malformed_frame``.
+``GET /_sim/fault?name=NAME[&group=G][&param=value...]`` (see :data:`FAULTS`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gzip
 import json
 import random
 import time
 import uuid
+from array import array
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from bridge.errors import FrameError, ProtocolError
+from bridge.sources.tmc import codec
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event, OrderGenerator
 from bridge.sources.tmc.server import (
     Confirm,
@@ -55,12 +70,80 @@ from bridge.sources.tmc.server import (
     push_extras,
     push_static,
 )
+from bridge.sources.tmc.session import Kind
+from bridge.sources.tmc.top_api import GATEWAY_PATH, TopApi, TopMessage
 
 log = structlog.get_logger("bridge.simulator")
 
-Fault = Literal["drop_connection", "duplicate_push", "malformed_frame"]
+#: Fault name -> what it does (parameters in brackets, over HTTP as query parameters).
+FAULTS: dict[str, str] = {
+    "drop_connection": "abort one connection's TCP socket, no Close frame",
+    "duplicate_push": "push the next message twice",
+    "malformed_frame": "send a frame whose Custom value claims 1 GiB",
+    "http_401": "answer the next WebSocket upgrade with HTTP 401 and a reason body",
+    "wrong_ack_flag": "echo a wrong Flag in the next successful CONNECTACK",
+    "wrong_token": "put a wrong token on the next push",
+    "gzip_content": "send the next push's content as gzip-compressed ByteArray",
+    "fragmented_frame": "send the next push in several WebSocket fragments [parts=3]",
+    "out_of_order": "swap the next two pushes of one connection",
+    "close_code": "close one connection with a Close frame [code=4000, reason=...]",
+    "idle_close": "close one connection with 1011 'reach max idle time'",
+    "min_reconnect_interval": "refuse logins faster than [s=10] after the last one "
+    "of their (app_key, group); s=0 turns it off",
+    "max_connections": "refuse logins beyond [n=1] connections per group; n=0: no limit",
+}
+Fault = Literal[
+    "drop_connection",
+    "duplicate_push",
+    "malformed_frame",
+    "http_401",
+    "wrong_ack_flag",
+    "wrong_token",
+    "gzip_content",
+    "fragmented_frame",
+    "out_of_order",
+    "close_code",
+    "idle_close",
+    "min_reconnect_interval",
+    "max_connections",
+]
 #: A frame whose Custom value claims 1 GiB: every conforming decoder must refuse it.
 MALFORMED_FRAME = bytes.fromhex("0202" + "0100" + "02000000" + "6964" + "01" + "00000040")
+IDLE_CLOSE_CODE, IDLE_CLOSE_REASON = 1011, "reach max idle time"
+_KIND_DATA = codec.encode_custom("__kind", codec.byte(Kind.DATA))
+_MAX_SIZE = 4 * 1024 * 1024
+
+#: Ledger states; the compact outcome arrays store their index.
+STATES = ("queued", "in_flight", "delayed", "confirmed", "expired")
+_CONFIRMED, _EXPIRED = 3, 4
+
+
+@dataclass(frozen=True)
+class FaultSchedule:
+    """Inject ``name`` every ``every_s`` seconds (CLI ``--fault NAME:every=30s,k=v``)."""
+
+    name: Fault
+    every_s: float
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSchedule:
+        name, _, rest = text.partition(":")
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
+        params: dict[str, str] = {}
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"fault parameter {item!r} is not key=value")
+            params[key.strip()] = value.strip()
+        every = params.pop("every", "")
+        if not every:
+            raise ValueError(f"fault {text!r} needs every=<seconds>, e.g. {name}:every=30s")
+        every_s = float(every.removesuffix("s"))
+        if every_s <= 0:
+            raise ValueError(f"fault {text!r}: every must be > 0")
+        return cls(name, every_s, params)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -75,22 +158,45 @@ class SimulatorConfig:
     #: Unconfirmed pushes per connection before the server waits (top-push: 1000).
     window: int = 1000
     distribution: Literal["round_robin", "random"] = "round_robin"
-    #: Requeue a dropped connection's unconfirmed messages at once instead of at timeout.
+    #: Requeue a closed connection's unconfirmed messages at once instead of at the
+    #: confirm timeout (the notes only say "redelivered later", so later is the default).
     redeliver_on_disconnect: bool = False
     login_error_code: int = 1
     login_error_phrase: str = "invalid sign"
     close_on_login_error: bool = False
+    #: Require the token on every SEND and Int64 ids (lenient: the variants in the wild).
     strict: bool = True
     seed: int = 1
+    #: Answer client pings (the real server does not: a pong kills the Java client).
+    answer_pings: bool = False
+    #: Send a WebSocket ping every this many seconds (None: never); no pong is required.
+    ping_interval_s: float | None = None
+    #: Close 1011 "reach max idle time" after this long without traffic (None: never).
+    idle_close_s: float | None = None
+    #: Refuse a login of an (app_key, group) sooner than this after its previous one.
+    min_reconnect_interval_s: float = 0.0
+    #: Refuse logins beyond this many online connections per group (0: no limit).
+    max_connections: int = 0
+    #: Pace pushes like top-push: at most ``push_round_max`` per connection and round,
+    #: rounds ``push_round_interval_s`` apart, a round ends when less than half a
+    #: ``push_batch`` of window is left. Off: push the whole window at once.
+    pacing: bool = False
+    push_batch: int = 32
+    push_round_max: int = 320
+    push_round_interval_s: float = 1.0
+    #: Faults injected on a schedule.
+    faults: list[FaultSchedule] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _Msg:
+    """A message that is not settled yet (queued, in flight or delayed)."""
+
     id: int
     event: Event
     published_ms: int
     group: tuple[str, str]
-    state: str = "queued"  # queued | in_flight | delayed | confirmed | expired
+    state: str = "queued"  # queued | in_flight | delayed
     pushes: int = 0
     owner: _Conn | None = None
     deadline: float = 0.0
@@ -106,11 +212,22 @@ class _Conn:
     ws: ServerConnection
     session: ServerSession
     group: tuple[str, str]
-    outbox: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[bytes | list[bytes]] = field(default_factory=asyncio.Queue)
     in_flight: int = 0
     duplicate_next: int = 0
+    wrong_token_next: int = 0
+    gzip_next: int = 0
+    fragment_next: int = 0
+    fragment_parts: int = 3
+    swap_next: int = 0
+    #: A push held back by out_of_order, sent after the next one (or after a short wait).
+    held: bytes | None = None
+    held_at: float = 0.0
     #: Login order within this simulator (1, 2, ...): the ledger's ``conn``.
     serial: int = 0
+    #: Pacing: pushes left in the current round and when the next round may start.
+    round_left: int = 0
+    next_round_at: float = 0.0
 
 
 @dataclass
@@ -126,23 +243,35 @@ class SimStats:
     pushes: int = 0
     confirmed: int = 0
     redelivered: int = 0
+    #: Of ``redelivered``: requeued because their socket closed (redeliver_on_disconnect).
+    redelivered_on_disconnect: int = 0
     failed_received: int = 0
     duplicate_confirms: int = 0
     unknown_confirms: int = 0
     expired: int = 0
+    #: Of ``expired``: expired while pushed and unconfirmed.
+    expired_in_flight: int = 0
     logins_ok: int = 0
     logins_failed: int = 0
+    logins_refused: int = 0
     protocol_errors: int = 0
     faults_injected: int = 0
+    #: Per fault name, how often it was applied.
+    faults: dict[str, int] = field(default_factory=dict)
+    pings_received: int = 0
+    pongs_sent: int = 0
+    idle_closes: int = 0
     connections_online: int = 0
     outstanding: int = 0
     #: Wall-clock seconds of the first push and the latest confirm (throughput window).
     first_push_at: float = 0.0
     last_confirm_at: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
+    #: Push-to-confirm latencies (float32: 4 bytes a confirm).
+    latencies_ms: array[float] = field(default_factory=lambda: array("f"))
 
     def summary(self, *, latency: bool = False) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+        out["faults"] = dict(self.faults)
         # Sorting every sample is costly mid-run; percentiles only when asked for.
         lat = sorted(self.latencies_ms) if latency else []
         if lat:
@@ -151,12 +280,36 @@ class SimStats:
         return out
 
 
+class _TmcServerProtocol(ServerProtocol):
+    """websockets' sans-I/O server protocol, except that a ping is answered only when
+    ``answer_pings`` (RFC 6455 wants a pong; the TMC server sends none, and the official
+    Java client dies on one). Every received frame stamps ``last_rx`` (idle close)."""
+
+    def __init__(
+        self, *, answer_pings: bool, on_ping: Callable[[int, bool], None], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.answer_pings = answer_pings
+        self.on_ping = on_ping
+        self.last_rx = time.monotonic()
+
+    def recv_frame(self, frame: Frame) -> None:
+        self.last_rx = time.monotonic()
+        if frame.opcode is Opcode.PING:
+            self.on_ping(len(frame.data), self.answer_pings)
+            if not self.answer_pings:
+                self.events.append(frame)  # what the base class does, minus the pong
+                return
+        super().recv_frame(frame)
+
+
 class Simulator:
     """One simulated TMC server. Use ``async with Simulator(cfg) as sim`` or start/stop."""
 
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config or SimulatorConfig()
         self.stats = SimStats()
+        # Unsettled messages only; settled ones live on in the compact arrays below.
         self._messages: dict[int, _Msg] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
         self._delayed: list[tuple[float, int]] = []
@@ -171,32 +324,71 @@ class Simulator:
         # like TMC's own, within Int64 until the 2200s.
         self._next_id = 2_200_000_000_000_000_000 + time.time_ns() // 1000 * 1000
         self.id_base = self._next_id
+        # Compact outcomes, indexed by id - id_base: what the ledger reports of a message
+        # once it is settled (the topic and key from publication on).
+        self._out_state = bytearray()
+        self._out_pushes = array("H")
+        self._out_conn = array("I")
+        self._out_topic = array("H")
+        self._out_key = array("q")
+        self._big_keys: dict[int, int] = {}
+        self._topics: list[str] = []
+        self._topic_index: dict[str, int] = {}
         self._server: Server | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._settled = asyncio.Event()
         self._logins = 0
+        self._last_login: dict[tuple[str, str], float] = {}
+        self._pending_401 = 0
+        self._pending_wrong_flag = 0
+        self._sockets: set[ServerConnection] = set()
+        self._last_tx: dict[ServerConnection, float] = {}
         self.port = 0
         #: Confirmed ids the ledger never held (pushed with push_raw, or a client bug).
         self.unknown_confirmed_ids: deque[int] = deque(maxlen=10_000)
+        #: The TOP HTTP gateway (``/router/rest``, GET only: the upgrade-oriented HTTP
+        #: parser of websockets reads no request body) on these same queues.
+        self.top_api = TopApi(self.config.apps, self)
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> int:
         cfg = self.config
+        sim = self
+
+        class _Connection(ServerConnection):
+            """Swaps in the protocol that keeps quiet on pings."""
+
+            def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+                quiet = _TmcServerProtocol(
+                    answer_pings=cfg.answer_pings, on_ping=sim._on_ping, max_size=_MAX_SIZE
+                )
+                super().__init__(quiet, *args, **kwargs)
+
         self._server = await serve(
             self._handle,
             cfg.host,
             cfg.port,
             process_request=self._http,
             compression=None,
-            ping_interval=None,
-            max_size=4 * 1024 * 1024,
+            ping_interval=cfg.ping_interval_s,
+            ping_timeout=None,  # the server pings but never requires a pong
+            max_size=_MAX_SIZE,
+            create_connection=_Connection,
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
         self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._timers())]
-        log.info("tmc simulator listening", url=self.url)
+        self._tasks += [asyncio.create_task(self._scheduled(f)) for f in cfg.faults]
+        log.info(
+            "tmc simulator listening",
+            url=self.url,
+            strict=cfg.strict,
+            answer_pings=cfg.answer_pings,
+            pacing=cfg.pacing,
+            faults=[f"{f.name}/{f.every_s:g}s" for f in cfg.faults],
+        )
         return self.port
 
     @property
@@ -232,13 +424,30 @@ class Simulator:
             msg_id = self._next_id
             self._next_id += 1
             self._messages[msg_id] = _Msg(msg_id, event, now_ms, key)
+            self._record(event)
             grp.queue.append(msg_id)
             ids.append(msg_id)
         self.stats.published += len(events)
         self.stats.outstanding += len(events)
-        self._settled.clear()
+        if events:
+            self._settled.clear()
         self._wake.set()
         return ids
+
+    def _record(self, event: Event) -> None:
+        topic = self._topic_index.get(event.topic)
+        if topic is None:
+            topic = self._topic_index[event.topic] = len(self._topics)
+            self._topics.append(event.topic)
+        self._out_state.append(0)
+        self._out_pushes.append(0)
+        self._out_conn.append(0)
+        self._out_topic.append(topic)
+        try:
+            self._out_key.append(event.key)
+        except OverflowError:
+            self._big_keys[len(self._out_key)] = event.key
+            self._out_key.append(0)
 
     def publish(self, count: int, *, group: str = "default") -> list[int]:
         """Queue ``count`` generated order events (see generator.py)."""
@@ -248,17 +457,21 @@ class Simulator:
         """Every message: id, topic, key, state, how often it was pushed and the serial
         of the connection it was last pushed to (connections are numbered 1, 2, ... in
         login order; 0: never pushed)."""
-        return [
-            {
-                "id": m.id,
-                "topic": m.event.topic,
-                "key": m.event.key,
-                "state": m.state,
-                "pushes": m.pushes,
-                "conn": m.conn,
-            }
-            for m in self._messages.values()
-        ]
+        out = []
+        for i in range(len(self._out_state)):
+            msg_id = self.id_base + i
+            live = self._messages.get(msg_id)
+            out.append(
+                {
+                    "id": msg_id,
+                    "topic": self._topics[self._out_topic[i]],
+                    "key": self._big_keys.get(i, self._out_key[i]),
+                    "state": live.state if live else STATES[self._out_state[i]],
+                    "pushes": live.pushes if live else self._out_pushes[i],
+                    "conn": live.conn if live else self._out_conn[i],
+                }
+            )
+        return out
 
     def summary(self, *, latency: bool = True) -> dict[str, Any]:
         self.stats.connections_online = sum(len(g.conns) for g in self._groups.values())
@@ -276,34 +489,107 @@ class Simulator:
         """Push hand-made Custom entries (after the session's token and ``__kind`` 3) to
         one online connection of the group, outside the ledger: for hostile-input tests.
         Confirms of ids the ledger does not know are kept in ``unknown_confirmed_ids``."""
-        conns = [c for (_, g), grp in self._groups.items() if g == group for c in grp.conns]
+        conns = self._online(group)
         if not conns:
             return False
         conn = self._rng.choice(conns)
         conn.outbox.put_nowait(conn.session.push(entries))
         return True
 
-    def inject(self, fault: Fault, *, group: str = "default") -> bool:
-        """Apply a fault to one online connection of the group; False if none is online."""
-        conns = [c for (_, g), grp in self._groups.items() if g == group for c in grp.conns]
-        if not conns:
-            return False
-        conn = self._rng.choice(conns)
+    def _online(self, group: str) -> list[_Conn]:
+        return [c for (_, g), grp in self._groups.items() if g == group for c in grp.conns]
+
+    # -- faults -----------------------------------------------------------------------
+
+    def inject(
+        self, fault: Fault, *, group: str = "default", params: dict[str, str] | None = None
+    ) -> bool:
+        """Apply a fault (:data:`FAULTS`); False if it needs an online connection of the
+        group and there is none. Raises ValueError for an unknown fault or parameter."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}")
+        p = params or {}
+        conn: _Conn | None = None
+        if fault == "http_401":
+            self._pending_401 += 1
+        elif fault == "wrong_ack_flag":
+            self._pending_wrong_flag += 1
+        elif fault == "min_reconnect_interval":
+            self.config.min_reconnect_interval_s = float(p.get("s", "10"))
+        elif fault == "max_connections":
+            self.config.max_connections = int(p.get("n", "1"))
+        else:
+            conns = self._online(group)
+            if not conns:
+                return False
+            conn = self._rng.choice(conns)
+            self._apply(fault, conn, p)
         self.stats.faults_injected += 1
-        log.warning("simulator fault injected", fault=fault)
+        self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
+        log.warning(
+            "simulator fault injected",
+            fault=fault,
+            group=group,
+            conn=conn.serial if conn else None,
+            **p,
+        )
+        return True
+
+    def _apply(self, fault: Fault, conn: _Conn, p: dict[str, str]) -> None:
         if fault == "drop_connection":
             conn.ws.transport.abort()
         elif fault == "duplicate_push":
             conn.duplicate_next += 1
         elif fault == "malformed_frame":
             conn.outbox.put_nowait(MALFORMED_FRAME)
-        return True
+        elif fault == "wrong_token":
+            conn.wrong_token_next += 1
+        elif fault == "gzip_content":
+            conn.gzip_next += 1
+        elif fault == "fragmented_frame":
+            conn.fragment_next += 1
+            conn.fragment_parts = max(2, int(p.get("parts", "3")))
+        elif fault == "out_of_order":
+            conn.swap_next += 1
+        elif fault == "close_code":
+            code = int(p.get("code", "4000"))
+            self._close(conn.ws, code, p.get("reason", "simulator close"))
+        elif fault == "idle_close":
+            self._close(conn.ws, IDLE_CLOSE_CODE, IDLE_CLOSE_REASON)
+
+    def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
+        task = asyncio.create_task(ws.close(code, reason))
+        self._tasks.append(task)  # keeps a reference; cancelled at stop
+        task.add_done_callback(self._tasks.remove)
+
+    async def _scheduled(self, schedule: FaultSchedule) -> None:
+        while True:
+            await asyncio.sleep(schedule.every_s)
+            try:
+                self.inject(schedule.name, params=schedule.params)
+            except ValueError as exc:
+                log.error("simulator: scheduled fault failed", fault=schedule.name, error=str(exc))
 
     # -- HTTP control -----------------------------------------------------------------
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _http(  # noqa: PLR0911 - one answer per control path
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        from urllib.parse import parse_qs, urlsplit
+
         url = urlsplit(request.path)
+        if url.path == GATEWAY_PATH:
+            status, top_headers, top_body = self.top_api.handle(
+                "GET", request.path, url.query, b"", None
+            )
+            return Response(
+                status, HTTPStatus(status).phrase, Headers(top_headers.items()), top_body
+            )
         if not url.path.startswith("/_sim/"):
+            if self._pending_401:
+                self._pending_401 -= 1
+                log.info("simulator: upgrade refused with 401 (fault)", path=url.path)
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid app key or sign\n")
             return None  # a WebSocket upgrade for the TMC endpoint
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         body: Any
@@ -315,10 +601,14 @@ class Simulator:
             ids = self.publish(int(query.get("count", "1")), group=query.get("group", "default"))
             body = {"published": len(ids), "first_id": ids[0] if ids else None}
         elif url.path == "/_sim/fault":
-            name = query.get("name", "")
-            if name not in ("drop_connection", "duplicate_push", "malformed_frame"):
+            name = query.pop("name", "")
+            group = query.pop("group", "default")
+            if name not in FAULTS:
                 return connection.respond(HTTPStatus.BAD_REQUEST, f"unknown fault {name!r}\n")
-            body = {"applied": self.inject(name, group=query.get("group", "default"))}  # type: ignore[arg-type]
+            try:
+                body = {"applied": self.inject(name, group=group, params=query)}  # type: ignore[arg-type]
+            except ValueError as exc:
+                return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
         else:
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown simulator path\n")
         data = json.dumps(body).encode()
@@ -329,50 +619,84 @@ class Simulator:
 
     # -- one socket -------------------------------------------------------------------
 
+    def _on_ping(self, size: int, answered: bool) -> None:
+        self.stats.pings_received += 1
+        if answered:
+            self.stats.pongs_sent += 1
+        log.debug("simulator: client ping", size=size, answered=answered)
+
     async def _handle(self, ws: ServerConnection) -> None:
-        session = ServerSession(self.config.apps, strict=self.config.strict)
+        cfg = self.config
+        session = ServerSession(cfg.apps, strict=cfg.strict)
         conn: _Conn | None = None
         writer: asyncio.Task[None] | None = None
+        peer = ws.remote_address
+        self._sockets.add(ws)
+        self._last_tx[ws] = time.monotonic()
         try:
             async for data in ws:
                 if not isinstance(data, bytes):
+                    self.stats.protocol_errors += 1
+                    log.warning("simulator: text frame ignored", conn=conn and conn.serial)
                     continue
                 try:
                     event = session.receive(data)
                 except (FrameError, ProtocolError) as exc:
                     self.stats.protocol_errors += 1
-                    log.warning("simulator: bad client frame", error=str(exc))
+                    log.warning(
+                        "simulator: bad client frame",
+                        error=str(exc),
+                        conn=conn.serial if conn else None,
+                        online=session.online,
+                    )
                     continue
                 if isinstance(event, ConnectRequest):
-                    if not event.sign_ok:
+                    refusal = self._refusal(event)
+                    if refusal is not None:
                         self.stats.logins_failed += 1
-                        await ws.send(
-                            session.reject(
-                                event.flag,
-                                self.config.login_error_code,
-                                self.config.login_error_phrase,
-                            )
+                        log.warning(
+                            "simulator: login refused",
+                            app_key=event.app_key,
+                            group=event.group_name,
+                            reason=refusal,
+                            peer=peer,
                         )
-                        if self.config.close_on_login_error:
+                        await ws.send(session.reject(event.flag, cfg.login_error_code, refusal))
+                        if cfg.close_on_login_error:
                             return
                         continue
-                    await ws.send(session.accept(event, str(uuid.uuid4())))
+                    ack_request = event
+                    if self._pending_wrong_flag:
+                        self._pending_wrong_flag -= 1
+                        ack_request = dataclasses.replace(event, flag=event.flag + 1)
+                    await ws.send(session.accept(ack_request, str(uuid.uuid4())))
+                    self._last_tx[ws] = time.monotonic()
                     self.stats.logins_ok += 1
                     self._logins += 1
                     conn = _Conn(
                         ws, session, (event.app_key, event.group_name), serial=self._logins
                     )
+                    self._last_login[conn.group] = time.monotonic()
                     self._groups.setdefault(conn.group, _Group()).conns.append(conn)
+                    log.info(
+                        "simulator: login",
+                        app_key=event.app_key,
+                        group=event.group_name,
+                        conn=conn.serial,
+                        sdk=event.sdk,
+                        peer=peer,
+                    )
                     writer = asyncio.create_task(self._writer(conn))
-                    self._wake.set()
+                    self._start_round(conn)
                 elif conn is None:
                     continue
                 elif isinstance(event, PullRequest):
-                    self._wake.set()
+                    log.debug("simulator: pull", conn=conn.serial)
+                    self._start_round(conn)
                 elif isinstance(event, Confirm):
                     self._on_confirm(conn, event.message_id)
                 elif isinstance(event, Failed):
-                    self._on_failed(event.message_id)
+                    self._on_failed(event.message_id, event.reason)
                 elif isinstance(event, Publish):
                     self.publish_events(
                         [Event(event.topic, event.content, 0, "", 0, 0)],
@@ -382,16 +706,51 @@ class Simulator:
         except ConnectionClosed:
             pass
         finally:
+            self._sockets.discard(ws)
+            self._last_tx.pop(ws, None)
             if writer is not None:
                 writer.cancel()
             if conn is not None:
                 self._drop(conn)
+            proto = ws.protocol
+            log.info(
+                "simulator: connection closed",
+                conn=conn.serial if conn else None,
+                app_key=session.app_key,
+                group=session.group_name,
+                code=ws.close_code,
+                reason=ws.close_reason,
+                closed_by="client"
+                if proto.close_rcvd_then_sent
+                else "server"
+                if proto.close_sent is not None
+                else "tcp",
+            )
+
+    def _refusal(self, event: ConnectRequest) -> str | None:
+        """Why a CONNECT is refused (the StatusPhrase), None to accept it."""
+        cfg = self.config
+        if not event.sign_ok:
+            return cfg.login_error_phrase
+        group = (event.app_key, event.group_name)
+        if cfg.max_connections:
+            grp = self._groups.get(group)
+            if grp is not None and len(grp.conns) >= cfg.max_connections:
+                self.stats.logins_refused += 1
+                return "too many connections in this group"
+        last = self._last_login.get(group)
+        interval = cfg.min_reconnect_interval_s
+        if interval and last is not None and time.monotonic() - last < interval:
+            self.stats.logins_refused += 1
+            return "reconnect too frequently"
+        return None
 
     async def _writer(self, conn: _Conn) -> None:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 frame = await conn.outbox.get()
                 await conn.ws.send(frame)
+                self._last_tx[conn.ws] = time.monotonic()
 
     def _drop(self, conn: _Conn) -> None:
         grp = self._groups.get(conn.group)
@@ -401,35 +760,84 @@ class Simulator:
             mine = [m for m in self._in_flight.values() if m.owner is conn]
             for msg in sorted(mine, key=lambda m: m.id, reverse=True):
                 self._requeue(msg)
+            self.stats.redelivered_on_disconnect += len(mine)
         self._wake.set()
 
     # -- delivery state ---------------------------------------------------------------
 
-    def _on_confirm(self, conn: _Conn, msg_id: int) -> None:
-        msg = self._messages.get(msg_id)
-        if msg is None:
-            self.stats.unknown_confirms += 1
-            self.unknown_confirmed_ids.append(msg_id)
-            return
-        if msg.state in ("confirmed", "expired"):
-            self.stats.duplicate_confirms += 1
-            return
+    def _settle(self, msg: _Msg, state: int) -> None:
+        """Release a settled message, keeping its compact outcome for the ledger."""
+        i = msg.id - self.id_base
+        self._out_state[i] = state
+        self._out_pushes[i] = min(msg.pushes, 0xFFFF)
+        self._out_conn[i] = msg.conn
+        del self._messages[msg.id]
+        self._in_flight.pop(msg.id, None)
         if msg.owner is not None and msg.state == "in_flight":
             msg.owner.in_flight -= 1
-        self._in_flight.pop(msg_id, None)
-        msg.state = "confirmed"
         msg.owner = None
-        self.stats.confirmed += 1
         self.stats.outstanding -= 1
-        self.stats.latencies_ms.append((time.monotonic() - msg.pushed_at) * 1000)
-        self.stats.last_confirm_at = time.time()
         if self.stats.outstanding == 0:
             self._settled.set()
+
+    # -- TopQueues (the HTTP gateway's consume/confirm, top_api.py) ---------------------
+
+    def consume(self, app_key: str, group: str, quantity: int) -> list[TopMessage]:
+        """Up to ``quantity`` queued messages, in flight for an HTTP consumer from now on
+        (redelivered after ``confirm_timeout_s`` like a push)."""
+        grp = self._groups.get((app_key, group))
+        out: list[TopMessage] = []
+        now = time.monotonic()
+        while grp is not None and grp.queue and len(out) < quantity:
+            msg = self._messages.get(grp.queue.popleft())
+            if msg is None or msg.state != "queued":
+                continue
+            msg.pushes += 1
+            msg.state, msg.owner, msg.conn = "in_flight", None, 0
+            msg.pushed_at, msg.deadline = now, now + self.config.confirm_timeout_s
+            self._in_flight[msg.id] = msg
+            self.stats.pushes += 1
+            ev = msg.event
+            out.append(
+                TopMessage(msg.id, ev.topic, ev.content, msg.published_ms, "", ev.user_id, ev.nick)
+            )
+        return out
+
+    def confirm(
+        self, app_key: str, group: str, ids: Sequence[int], failed_ids: Sequence[int]
+    ) -> None:
+        for msg_id in ids:
+            self._on_confirm(None, msg_id)
+        for msg_id in failed_ids:
+            self._on_failed(msg_id, "f_message_ids")
+
+    def auth_token(self, app_key: str, group: str) -> str:
+        return str(uuid.uuid4())
+
+    def _on_confirm(self, conn: _Conn | None, msg_id: int) -> None:
+        msg = self._messages.get(msg_id)
+        if msg is None:
+            if 0 <= msg_id - self.id_base < len(self._out_state):
+                self.stats.duplicate_confirms += 1
+            else:
+                self.stats.unknown_confirms += 1
+                self.unknown_confirmed_ids.append(msg_id)
+                log.debug(
+                    "simulator: confirm of an unknown id", id=msg_id, conn=conn and conn.serial
+                )
+            return
+        pushed_at = msg.pushed_at
+        self._settle(msg, _CONFIRMED)
+        self.stats.confirmed += 1
+        if pushed_at:
+            self.stats.latencies_ms.append((time.monotonic() - pushed_at) * 1000)
+        self.stats.last_confirm_at = time.time()
         self._wake.set()
 
-    def _on_failed(self, msg_id: int) -> None:
+    def _on_failed(self, msg_id: int, reason: str | None = None) -> None:
         self.stats.failed_received += 1
         msg = self._messages.get(msg_id)
+        log.debug("simulator: failed", id=msg_id, reason=reason)
         if msg is None or msg.state != "in_flight":
             return
         if msg.owner is not None:
@@ -452,9 +860,16 @@ class Simulator:
         self._wake.set()
 
     async def _timers(self) -> None:
-        """Confirm timeouts, failed delays and TTL, checked several times a second."""
+        """Confirm timeouts, failed delays, TTL, idle close, pacing rounds and held
+        out-of-order pushes, checked several times a second."""
         cfg = self.config
-        tick = max(0.01, min(cfg.confirm_timeout_s, cfg.failed_delay_s, 1.0) / 4)
+        periods = [cfg.confirm_timeout_s, cfg.failed_delay_s, cfg.ttl_s, 1.0]
+        if cfg.idle_close_s:
+            periods.append(cfg.idle_close_s)
+        if cfg.pacing:
+            periods.append(cfg.push_round_interval_s)
+        tick = max(0.01, min(periods) / 4)
+        ttl_every = max(0.05, min(10.0, cfg.ttl_s / 4))
         next_ttl_check = 0.0
         while True:
             await asyncio.sleep(tick)
@@ -470,21 +885,46 @@ class Simulator:
             if due:
                 self._delayed = [(t, i) for t, i in self._delayed if t > now]
                 for msg_id in due:
-                    msg = self._messages[msg_id]
-                    if msg.state == "delayed":
-                        msg.state = "in_flight"  # so _requeue accounts it once
-                        self._requeue(msg)
+                    delayed = self._messages.get(msg_id)
+                    if delayed is not None and delayed.state == "delayed":
+                        self._requeue(delayed)
             if now >= next_ttl_check:
                 self._expire()
-                next_ttl_check = now + 10.0
+                next_ttl_check = now + ttl_every
+            if cfg.idle_close_s:
+                self._idle_close(now)
+            for grp in self._groups.values():
+                for conn in grp.conns:
+                    if conn.held is not None and now - conn.held_at > 0.2:
+                        conn.outbox.put_nowait(conn.held)
+                        conn.held = None
+                    paced_out = cfg.pacing and grp.queue and conn.round_left <= 0
+                    if paced_out and now >= conn.next_round_at:
+                        self._start_round(conn)
+
+    def _idle_close(self, now: float) -> None:
+        limit = self.config.idle_close_s or 0.0
+        for ws in list(self._sockets):
+            if ws.state.name != "OPEN":
+                continue
+            rx = ws.protocol.last_rx if isinstance(ws.protocol, _TmcServerProtocol) else now
+            if now - max(rx, self._last_tx.get(ws, now)) >= limit:
+                self.stats.idle_closes += 1
+                log.info("simulator: idle close", peer=ws.remote_address, idle_s=limit)
+                self._last_tx[ws] = now  # once
+                self._close(ws, IDLE_CLOSE_CODE, IDLE_CLOSE_REASON)
 
     def _expire(self) -> None:
         cutoff_ms = int((time.time() - self.config.ttl_s) * 1000)
-        for msg in self._messages.values():
-            if msg.state in ("queued", "delayed") and msg.published_ms < cutoff_ms:
-                msg.state = "expired"
-                self.stats.expired += 1
-                self.stats.outstanding -= 1
+        old = [m for m in self._messages.values() if m.published_ms < cutoff_ms]
+        for msg in old:
+            if msg.state == "in_flight":
+                self.stats.expired_in_flight += 1
+            self._settle(msg, _EXPIRED)
+            self.stats.expired += 1
+        if old:
+            log.info("simulator: messages expired", count=len(old), ttl_s=self.config.ttl_s)
+            self._wake.set()
 
     async def _pump(self) -> None:
         """Hand queued messages to online connections with room in their window."""
@@ -495,42 +935,75 @@ class Simulator:
                 self._deliver(grp)
             await asyncio.sleep(0)
 
+    def _start_round(self, conn: _Conn) -> None:
+        """A pull (or login) starts a delivery round; paced rounds are spaced out."""
+        cfg = self.config
+        if cfg.pacing:
+            now = time.monotonic()
+            if conn.round_left > 0 or now < conn.next_round_at:
+                return  # a round is on, or the last one is too recent
+            conn.round_left = cfg.push_round_max
+            conn.next_round_at = now + cfg.push_round_interval_s
+        self._wake.set()
+
+    def _has_room(self, conn: _Conn) -> bool:
+        cfg = self.config
+        if not cfg.pacing:
+            return conn.in_flight < cfg.window
+        # top-push: stop a round when less than half a batch of room is left.
+        return conn.round_left > 0 and cfg.window - conn.in_flight >= max(1, cfg.push_batch // 2)
+
     def _deliver(self, grp: _Group) -> None:
         cfg = self.config
         while grp.queue and grp.conns:
-            room = [c for c in grp.conns if c.in_flight < cfg.window]
+            room = [c for c in grp.conns if self._has_room(c)]
             if not room:
-                return
+                break
             if cfg.distribution == "random":
                 conn = self._rng.choice(room)
             else:
                 grp.rr = (grp.rr + 1) % len(room)
                 conn = room[grp.rr]
-            msg = self._messages[grp.queue.popleft()]
-            if msg.state != "queued":
+            msg = self._messages.get(grp.queue.popleft())
+            if msg is None or msg.state != "queued":
                 continue
             self._push(conn, msg)
+        if cfg.pacing and not grp.queue:
+            for conn in grp.conns:  # fewer came than requested: the round ends
+                conn.round_left = 0
 
     def _push(self, conn: _Conn, msg: _Msg) -> None:
         now = time.monotonic()
-        if not msg.body:
-            ev = msg.event
-            msg.body = push_static(
+        ev = msg.event
+        gzipped = conn.gzip_next > 0
+        if gzipped or not msg.body:
+            static = push_static(
                 msg.id,
                 ev.topic,
-                ev.content,
+                gzip.compress(ev.content.encode()) if gzipped else ev.content,
                 publish_time_ms=msg.published_ms,
                 publisher=TAOBAO_PUBLISHER,
                 user_id=ev.user_id,
                 nick=ev.nick,
                 data_id=ev.data_id,
             )
-        body = msg.body + push_extras(int(time.time() * 1000), msg.pushes or None)
-        frame = conn.session.push(body)
-        conn.outbox.put_nowait(frame)
+            if gzipped:
+                conn.gzip_next -= 1
+            else:
+                msg.body = static
+        else:
+            static = msg.body
+        body = static + push_extras(int(time.time() * 1000), msg.pushes or None)
+        if conn.wrong_token_next:
+            conn.wrong_token_next -= 1
+            head = codec.send_head(f"wrong-{uuid.uuid4()}", conn.session.version)
+            frame = head + _KIND_DATA + body + codec.END_OF_HEADERS
+        else:
+            frame = conn.session.push(body)
+        self._send_push(conn, frame)
         if conn.duplicate_next:
             conn.duplicate_next -= 1
-            conn.outbox.put_nowait(frame)
+            self._send_push(conn, frame)
             self.stats.pushes += 1
         msg.pushes += 1
         self._in_flight[msg.id] = msg
@@ -540,6 +1013,22 @@ class Simulator:
         msg.pushed_at = now
         msg.deadline = now + self.config.confirm_timeout_s
         conn.in_flight += 1
+        conn.round_left -= 1
         self.stats.pushes += 1
         if not self.stats.first_push_at:
             self.stats.first_push_at = time.time()
+
+    def _send_push(self, conn: _Conn, frame: bytes) -> None:
+        if conn.swap_next and conn.held is None:
+            conn.swap_next -= 1
+            conn.held, conn.held_at = frame, time.monotonic()
+            return
+        if conn.fragment_next:
+            conn.fragment_next -= 1
+            step = -(-len(frame) // conn.fragment_parts)
+            conn.outbox.put_nowait([frame[i : i + step] for i in range(0, len(frame), step)])
+        else:
+            conn.outbox.put_nowait(frame)
+        if conn.held is not None:
+            conn.outbox.put_nowait(conn.held)
+            conn.held = None
