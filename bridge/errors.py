@@ -39,7 +39,7 @@ class ProtocolError(TmcError):
 
 
 class LoginError(TmcError):
-    """CONNECT refused by the server (shared/tmc-protocol.md §5.5)."""
+    """CONNECT refused by the server (docs/protocol.md §5.5)."""
 
     def __init__(self, status_code: int, status_phrase: str | None) -> None:
         self.status_code = status_code

@@ -1,7 +1,7 @@
 """Jushita-style publishing and read-back for a local RocketMQ (tests, demo, benchmark).
 
 * :class:`JushitaPublisher` writes what Jushita's message sync writes
-  (shared/jushita-ons.md §3.4): a JSON body ``{topic, content (JSON text), outgoing_id,
+  (docs/ons.md §3.4): a JSON body ``{topic, content (JSON text), outgoing_id,
   publish_time, user_id, user_nick, publisher_appkey}``, tag = the TMC topic, key = the
   business id. It returns a ledger in the simulator's format, so the same checks apply.
 * :func:`read_topics` consumes topics from the beginning with a fresh consumer group
@@ -24,7 +24,7 @@ from bridge.rocketmq import client as sdk
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event
 from devtools.harness import Arrived
 
-#: Jushita's outgoing ids are TMC ids, above 2^53 (shared/jushita-ons.md §3.2).
+#: Jushita's outgoing ids are TMC ids, above 2^53 (docs/ons.md §3.2).
 FIRST_OUTGOING_ID = 5_100_407_799_000_000_000
 
 

@@ -3,7 +3,7 @@
 * Topic: the first glob in ``routing.topics`` that matches the TMC topic.
 * Key: the first field of the first matching ``routing.keys`` pattern that is present in
   the JSON content, as a decimal string (ids are exact ints: ``json.loads`` never makes
-  a float of an integer literal, shared/tmc-protocol.md §13.3). A topic that matches no
+  a float of an integer literal, docs/protocol.md §13.3). A topic that matches no
   key pattern is sent unkeyed; a topic that matches one but lacks every field follows
   ``routing.missing_key``.
 * Permanent problems (content not JSON or not UTF-8 where the key must be read from it,

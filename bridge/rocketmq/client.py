@@ -11,7 +11,7 @@ Everything else in the bridge uses this small typed surface, for these reasons:
 * **Callbacks must never raise into C.** The library's own wrappers re-raise a Python
   exception from a ctypes callback; ctypes then prints it and hands C an unspecified
   int, which for a consumer is ``0`` = CONSUME_SUCCESS, i.e. a silent acknowledgement
-  (shared/jushita-ons.md §4.6). Every callback here catches everything and returns the
+  (docs/ons.md §4.6). Every callback here catches everything and returns the
   safe answer itself (RECONSUME_LATER, or UNKNOWN for a transaction check).
 * **The native client logs to its own file**, which every client here has forwarded
   into the structured log (:mod:`bridge.rocketmq.native_log`).

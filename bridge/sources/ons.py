@@ -2,7 +2,7 @@
 
 A clustering push consumer of :mod:`bridge.rocketmq.client` reads the topics; each message
 is mapped onto the :class:`~bridge.model.SourceMessage` the TMC source produces
-(shared/jushita-ons.md §3, §7), so routing, keys and dead-lettering work the same.
+(docs/ons.md §3, §7), so routing, keys and dead-lettering work the same.
 
 **Acknowledge after the sink.** librocketmq calls the handler on one of its consumer
 threads and takes the return value as the verdict. The handler hands the delivery to the

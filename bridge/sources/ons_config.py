@@ -12,7 +12,7 @@ from bridge.rocketmq.config import RocketMQClientConfig
 
 
 class OnsSourceConfig(RocketMQClientConfig):
-    """Jushita message sync / Alibaba Cloud ONS topics (shared/jushita-ons.md).
+    """Jushita message sync / Alibaba Cloud ONS topics (docs/ons.md).
 
     Jushita's legacy ONS takes the app key and app secret as AccessKey/SecretKey with
     channel ``CLOUD``; Alibaba Cloud's own ONS uses ``ALIYUN``.

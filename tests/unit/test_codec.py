@@ -1,4 +1,4 @@
-"""Codec against the golden vectors of shared/tmc-protocol.md §7, and malformed input."""
+"""Codec against the golden vectors of docs/protocol.md §7, and malformed input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sans-I/O sessions against the vectors of shared/tmc-protocol.md §5-§7."""
+"""Sans-I/O sessions against the vectors of docs/protocol.md §5-§7."""
 
 from __future__ import annotations
 

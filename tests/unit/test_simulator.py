@@ -1,4 +1,4 @@
-"""The simulator follows shared/tmc-protocol.md §5, §9, §11: tested with a raw WebSocket
+"""The simulator follows docs/protocol.md §5, §9, §11: tested with a raw WebSocket
 client speaking the sans-I/O ClientSession (no bridge, no broker)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """TMC binary frame codec ("MessageIO" protocol version 2): bytes <-> :class:`Frame`.
 
-Pure functions, no I/O, no asyncio. The layout is ``shared/tmc-protocol.md`` §4:
+Pure functions, no I/O, no asyncio. The layout is ``docs/protocol.md`` §4:
 
     uint8 version | uint8 type | header* | int16 0 (EndOfHeaders)
 

@@ -20,7 +20,7 @@ from bridge.config_fields import (
 
 
 class TmcSourceConfig(_Model):
-    """TMC WebSocket source (shared/tmc-protocol.md §5, §8)."""
+    """TMC WebSocket source (docs/protocol.md §5, §8)."""
 
     #: ws:// or wss://, parsed fully (host, port 1..65535, [IPv6]); see the module doc.
     url: str = "ws://mc.api.taobao.com/"

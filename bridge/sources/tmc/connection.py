@@ -4,7 +4,7 @@
 One :class:`TmcSource` runs ``connections`` independent :class:`_Connection` tasks to the
 same group. Each connection loops: connect, log in, pull right away and then every
 ``pull_interval_s``, ping after ``ping_idle_s`` without traffic (never waiting for the
-pong, shared/tmc-protocol.md §8.1), hand every push to the pipeline and send the confirm
+pong, docs/protocol.md §8.1), hand every push to the pipeline and send the confirm
 or failed frame when the pipeline settles it. On any failure it closes the socket and
 reconnects after a jittered back-off whose first delay is at least ``reconnect_min_s``.
 

@@ -1,4 +1,4 @@
-"""Realistic TMC order traffic for the simulator (shared/tmc-protocol.md §13). Pure.
+"""Realistic TMC order traffic for the simulator (docs/protocol.md §13). Pure.
 
 Orders go through life cycles, interleaved with each other the way a busy shop sees them:
 

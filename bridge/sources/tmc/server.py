@@ -1,4 +1,4 @@
-"""Sans-I/O TMC server session: the simulator's side of one socket (shared/tmc-protocol.md
+"""Sans-I/O TMC server session: the simulator's side of one socket (docs/protocol.md
 §5-§6, §10-§11, §14).
 
 :class:`ServerSession` takes the client's frames and decides what to answer.

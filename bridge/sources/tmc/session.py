@@ -1,4 +1,4 @@
-"""Sans-I/O TMC client session: frames in, events and frames out (shared/tmc-protocol.md
+"""Sans-I/O TMC client session: frames in, events and frames out (docs/protocol.md
 §5-§6).
 
 :class:`ClientSession` is what the bridge speaks (the simulator's side is

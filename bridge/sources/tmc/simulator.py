@@ -1,4 +1,4 @@
-"""A TMC server simulator (shared/tmc-protocol.md §8, §9, §11) for tests, the demo and users.
+"""A TMC server simulator (docs/protocol.md §8, §9, §11) for tests, the demo and users.
 
 What it does, as the real server is documented to:
 
