@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bridge.errors import LoginError
 from bridge.retry import Backoff
 from bridge.sources.tmc import codec
-from bridge.sources.tmc.session import ClientSession, LoggedIn, Push
+from bridge.sources.tmc.session import ClientSession, Kind, LoggedIn, Push
 from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
 
 KEY, SECRET = "12345678", "sim-secret"
@@ -412,3 +412,143 @@ async def test_top_gateway_consumes_and_confirms_the_same_queues(sim: Simulator)
     ok = ",".join(str(i) for i in ids)
     await asyncio.to_thread(call, "taobao.tmc.messages.confirm", s_message_ids=ok)
     assert await sim.wait_settled(2) and sim.stats.confirmed == 3
+
+
+# -- every client frame gets the session's decision (ServerSession.handle) ------------
+
+
+def frame_of(raw: bytes, **changes: object) -> bytes:
+    """``raw`` (a frame) re-encoded with headers or Custom entries changed (None: dropped)."""
+    frame = codec.decode(raw)
+    for key, value in changes.items():
+        if key in {"flag", "token", "type"}:
+            setattr(frame, key, value)
+        elif value is None:
+            frame.custom.pop(key, None)
+        else:
+            frame.custom[key] = value  # type: ignore[assignment]
+    return codec.encode(frame)
+
+
+async def failed_connectack(ws: ClientConnection, data: bytes) -> codec.Frame:
+    await ws.send(data)
+    frame = codec.decode(await asyncio.wait_for(ws.recv(), 2))  # type: ignore[arg-type]
+    assert frame.type is codec.MessageType.CONNECTACK and frame.token is None
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        ({"sign": None}, "missing sign"),
+        ({"sign": codec.string("0" * 32)}, "invalid sign"),
+        ({"app_key": codec.string("87654321")}, "unknown app_key"),
+    ],
+)
+async def test_bad_connect_gets_failed_connectack_with_code_and_phrase(
+    sim: Simulator, change: dict[str, object], phrase: str
+) -> None:
+    async with connect(sim.url) as ws:
+        good = ClientSession(KEY, SECRET, "default").connect(1700000000000)
+        frame = await failed_connectack(ws, frame_of(good, flag=9, **change))
+        assert (frame.status_code, frame.status_phrase, frame.flag) == (1, phrase, 9)
+        # The socket stays open (top-link's behaviour): a good CONNECT still logs in.
+        await ws.send(good)
+        assert codec.decode(await ws.recv()).token  # type: ignore[arg-type]
+    assert sim.stats.logins_failed == 1 and sim.stats.logins_ok == 1
+
+
+@pytest.mark.parametrize(
+    "sim",
+    [{"login_error_code": 7, "login_error_phrase": "bad sign", "close_on_login_error": True}],
+    indirect=True,
+)
+async def test_login_error_config_and_close(sim: Simulator) -> None:
+    async with connect(sim.url) as ws:
+        frame = await failed_connectack(ws, ClientSession(KEY, "wrong", "d").connect(1))
+        assert (frame.status_code, frame.status_phrase) == (7, "bad sign")
+        await asyncio.wait_for(ws.wait_closed(), 2)
+
+
+async def test_send_before_login_and_second_connect_get_failed_connectacks(
+    sim: Simulator,
+) -> None:
+    async with connect(sim.url) as ws:
+        session = ClientSession(KEY, SECRET, "default")
+        pull = codec.encode(
+            codec.Frame(
+                codec.MessageType.SEND, flag=5, custom={"__kind": codec.byte(Kind.PULL_REQUEST)}
+            )
+        )
+        frame = await failed_connectack(ws, pull)
+        assert frame.status_code == 1 and frame.flag == 5
+        assert frame.status_phrase == "not connected: send CONNECT first"
+        await ws.send(session.connect(1700000000000))
+        assert isinstance(session.receive(await ws.recv()), LoggedIn)  # type: ignore[arg-type]
+        again = ClientSession(KEY, SECRET, "default").connect(1700000000000)
+        frame = await failed_connectack(ws, again)
+        assert frame.status_phrase == "only allow sinle endpoint connected on a channel"
+        # The first login stays: pushes still come.
+        [msg_id] = sim.publish(1)
+        await ws.send(session.pull())
+        push = session.receive(await asyncio.wait_for(ws.recv(), 2))  # type: ignore[arg-type]
+        assert isinstance(push, Push) and push.message.message_id == msg_id
+    stats = await asyncio.to_thread(sim_get, sim, "stats")
+    assert isinstance(stats, dict)
+    assert stats["protocol_errors_by_reason"] == {"send_before_login": 1, "second_connect": 1}
+    assert stats["protocol_errors"] == 2 and stats["logins_ok"] == 1
+
+
+async def test_flagged_publish_gets_sendack_and_is_queued_to_the_publishers_group(
+    sim: Simulator,
+) -> None:
+    client = await login(sim)
+    token = client.session.token
+    publish = codec.encode(
+        codec.Frame(
+            codec.MessageType.SEND,
+            flag=42,
+            token=token,
+            custom={
+                "__kind": codec.byte(Kind.DATA),
+                "topic": codec.string("taobao_trade_TradeCreate"),
+                "content": codec.string('{"tid": 1}'),
+            },
+        )
+    )
+    await client.ws.send(publish)
+    ack = codec.decode(await asyncio.wait_for(client.ws.recv(), 2))  # type: ignore[arg-type]
+    assert ack.type is codec.MessageType.SENDACK
+    assert (ack.flag, ack.token, ack.status_code) == (42, token, 0)
+    push = await client.push()  # queued to the publisher's own group, pushed back to it
+    assert push.message.topic == "taobao_trade_TradeCreate"
+    assert sim.stats.published == 1
+    await client.ws.close()
+
+
+def int32_confirm(client: Client, msg_id: int) -> bytes:
+    return frame_of(client.session.confirm(msg_id), id=codec.Value(codec.Fmt.INT32, msg_id))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+async def test_int32_id_confirm_strict_refuses_lenient_tolerates(strict: bool) -> None:
+    async with Simulator(SimulatorConfig(apps={KEY: SECRET}, strict=strict)) as sim:
+        sim._next_id = sim.id_base = 1000  # ids that fit an Int32 (tmcpy writes them so)
+        [msg_id] = sim.publish(1)
+        client = await login(sim)
+        assert (await client.push()).message.message_id == msg_id
+        await client.ws.send(int32_confirm(client, msg_id))
+        if strict:
+            await asyncio.sleep(0.2)
+            assert sim.stats.confirmed == 0
+            assert sim.stats.protocol_errors == 1
+            assert sim.stats.protocol_errors_by_reason == {"id_not_int64": 1}
+            assert sim.stats.tolerated_by_reason == {}
+        else:
+            assert await sim.wait_settled(2) and sim.stats.confirmed == 1
+            assert sim.stats.protocol_errors == 0
+            assert sim.stats.tolerated_by_reason == {"id_not_int64": 1}
+        stats = await asyncio.to_thread(sim_get, sim, "stats")
+        assert isinstance(stats, dict)
+        assert stats["tolerated_by_reason"] == sim.stats.tolerated_by_reason
+        await client.ws.close()

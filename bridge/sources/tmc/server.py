@@ -204,7 +204,10 @@ class ServerSession:
     ``close_on_login_error``: a failed login asks to close the socket (the top-link
     server keeps it open, which is the default). ``login_errors`` overrides entries of
     :data:`LOGIN_ERRORS`. ``new_token`` makes the session token of a login (a random
-    UUID, as the real server's).
+    UUID, as the real server's). ``admit`` is the caller's own check of a CONNECT that
+    passed every protocol check (connection limits, reconnect rate ...): it returns a
+    :class:`Deviation` to refuse the login (a failed CONNECTACK whose code and phrase are
+    ``login_errors[reason]``, else code 1 and the detail; not a protocol error) or None.
     """
 
     def __init__(
@@ -215,12 +218,14 @@ class ServerSession:
         close_on_login_error: bool = False,
         login_errors: Mapping[str, tuple[int, str]] | None = None,
         new_token: Callable[[], str] = _new_token,
+        admit: Callable[[ConnectRequest], Deviation | None] | None = None,
     ) -> None:
         self._secrets = secrets
         self.strict = strict
         self.close_on_login_error = close_on_login_error
         self._login_errors = {**LOGIN_ERRORS, **(login_errors or {})}
         self._new_token = new_token
+        self._admit = admit
         self.token: str | None = None
         self.app_key: str | None = None
         self.group_name: str | None = None
@@ -315,18 +320,20 @@ class ServerSession:
             return self._login_failed(
                 frame.flag, frame.version, (exc.deviation, *found), protocol=True
             )
-        if not request.app_known:
-            dev = Deviation(
-                "app_key", "unknown_app_key", f"unknown app_key {request.app_key!r:.60}"
+        if not request.app_known or not request.sign_ok:
+            dev = (
+                Deviation("app_key", "unknown_app_key", f"unknown app_key {request.app_key!r:.60}")
+                if not request.app_known
+                else Deviation("sign", "invalid_sign", "sign does not match the app secret")
             )
-            return self._login_failed(request.flag, request.version, (dev,), event=request)
-        if not request.sign_ok:
-            dev = Deviation("sign", "invalid_sign", "sign does not match the app secret")
             return self._login_failed(request.flag, request.version, (dev,), event=request)
         if self.strict and found:
             return self._login_failed(
                 request.flag, request.version, tuple(found), event=request, protocol=True
             )
+        refusal = self._admit(request) if self._admit is not None else None
+        if refusal is not None:
+            return self._login_failed(request.flag, request.version, (refusal,), event=request)
         reply = self.accept(request, self._new_token())
         return Decision(
             Outcome.LOGIN,

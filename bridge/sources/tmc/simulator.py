@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gzip
 import json
 import random
@@ -57,15 +56,19 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from bridge.errors import FrameError, ProtocolError
 from bridge.sources.tmc import codec
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event, OrderGenerator
 from bridge.sources.tmc.server import (
+    LOGIN_ERRORS,
     Confirm,
     ConnectRequest,
+    Decision,
+    Deviation,
     Failed,
+    Outcome,
     Publish,
     PullRequest,
+    ServerEvent,
     ServerSession,
     push_extras,
     push_static,
@@ -112,6 +115,12 @@ MALFORMED_FRAME = bytes.fromhex("0202" + "0100" + "02000000" + "6964" + "01" + "
 IDLE_CLOSE_CODE, IDLE_CLOSE_REASON = 1011, "reach max idle time"
 _KIND_DATA = codec.encode_custom("__kind", codec.byte(Kind.DATA))
 _MAX_SIZE = 4 * 1024 * 1024
+#: The simulator's own login refusals (reasons and StatusPhrases), beyond the session's.
+_TOO_MANY_CONNECTIONS, _RECONNECT_TOO_FREQUENTLY = "too_many_connections", "reconnect_too_often"
+_REFUSAL_PHRASES = {
+    _TOO_MANY_CONNECTIONS: "too many connections in this group",
+    _RECONNECT_TOO_FREQUENTLY: "reconnect too frequently",
+}
 
 #: Ledger states; the compact outcome arrays store their index.
 STATES = ("queued", "in_flight", "delayed", "confirmed", "expired")
@@ -254,7 +263,12 @@ class SimStats:
     logins_ok: int = 0
     logins_failed: int = 0
     logins_refused: int = 0
+    #: Client frames refused for a protocol error (text frames included).
     protocol_errors: int = 0
+    #: Per reason key (``id_not_int64``, ``invalid_sign`` is not one: see logins_failed).
+    protocol_errors_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Departures lenient mode accepted, per reason: what a client would fail in strict.
+    tolerated_by_reason: dict[str, int] = field(default_factory=dict)
     faults_injected: int = 0
     #: Per fault name, how often it was applied.
     faults: dict[str, int] = field(default_factory=dict)
@@ -272,6 +286,8 @@ class SimStats:
     def summary(self, *, latency: bool = False) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
         out["faults"] = dict(self.faults)
+        out["protocol_errors_by_reason"] = dict(self.protocol_errors_by_reason)
+        out["tolerated_by_reason"] = dict(self.tolerated_by_reason)
         # Sorting every sample is costly mid-run; percentiles only when asked for.
         lat = sorted(self.latencies_ms) if latency else []
         if lat:
@@ -625,9 +641,26 @@ class Simulator:
             self.stats.pongs_sent += 1
         log.debug("simulator: client ping", size=size, answered=answered)
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    def _new_session(self) -> ServerSession:
         cfg = self.config
-        session = ServerSession(cfg.apps, strict=cfg.strict)
+        # The configured code applies to every failed CONNECTACK; the configured phrase
+        # replaces the session's "invalid sign" (the phrase the Java client reports).
+        login_errors = {
+            reason: (cfg.login_error_code, phrase) for reason, (_, phrase) in LOGIN_ERRORS.items()
+        }
+        login_errors["invalid_sign"] = (cfg.login_error_code, cfg.login_error_phrase)
+        for reason in (_TOO_MANY_CONNECTIONS, _RECONNECT_TOO_FREQUENTLY):
+            login_errors[reason] = (cfg.login_error_code, _REFUSAL_PHRASES[reason])
+        return ServerSession(
+            cfg.apps,
+            strict=cfg.strict,
+            close_on_login_error=cfg.close_on_login_error,
+            login_errors=login_errors,
+            admit=self._refusal,
+        )
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = self._new_session()
         conn: _Conn | None = None
         writer: asyncio.Task[None] | None = None
         peer = ws.remote_address
@@ -636,73 +669,41 @@ class Simulator:
         try:
             async for data in ws:
                 if not isinstance(data, bytes):
-                    self.stats.protocol_errors += 1
-                    log.warning("simulator: text frame ignored", conn=conn and conn.serial)
+                    self._count_protocol_error(("text_frame",))
+                    log.info("simulator: text frame ignored", conn=conn and conn.serial)
                     continue
-                try:
-                    event = session.receive(data)
-                except (FrameError, ProtocolError) as exc:
-                    self.stats.protocol_errors += 1
-                    log.warning(
-                        "simulator: bad client frame",
-                        error=str(exc),
-                        conn=conn.serial if conn else None,
-                        online=session.online,
-                    )
-                    continue
-                if isinstance(event, ConnectRequest):
-                    refusal = self._refusal(event)
-                    if refusal is not None:
-                        self.stats.logins_failed += 1
-                        log.warning(
-                            "simulator: login refused",
-                            app_key=event.app_key,
-                            group=event.group_name,
-                            reason=refusal,
-                            peer=peer,
-                        )
-                        await ws.send(session.reject(event.flag, cfg.login_error_code, refusal))
-                        if cfg.close_on_login_error:
-                            return
-                        continue
-                    ack_request = event
-                    if self._pending_wrong_flag:
+                d = session.handle(data)
+                self._count(d)
+                reply = d.reply
+                if d.outcome is Outcome.LOGIN and isinstance(d.event, ConnectRequest):
+                    if self._pending_wrong_flag and reply is not None:
                         self._pending_wrong_flag -= 1
-                        ack_request = dataclasses.replace(event, flag=event.flag + 1)
-                    await ws.send(session.accept(ack_request, str(uuid.uuid4())))
+                        ack = codec.decode(reply)
+                        ack.flag += 1
+                        reply = codec.encode(ack)
+                    conn = self._login(ws, session, d.event, peer)
+                if reply is not None:
+                    await ws.send(reply)
                     self._last_tx[ws] = time.monotonic()
-                    self.stats.logins_ok += 1
-                    self._logins += 1
-                    conn = _Conn(
-                        ws, session, (event.app_key, event.group_name), serial=self._logins
-                    )
-                    self._last_login[conn.group] = time.monotonic()
-                    self._groups.setdefault(conn.group, _Group()).conns.append(conn)
-                    log.info(
-                        "simulator: login",
-                        app_key=event.app_key,
-                        group=event.group_name,
-                        conn=conn.serial,
-                        sdk=event.sdk,
-                        peer=peer,
-                    )
+                if d.outcome is Outcome.LOGIN and conn is not None and writer is None:
                     writer = asyncio.create_task(self._writer(conn))
                     self._start_round(conn)
-                elif conn is None:
-                    continue
-                elif isinstance(event, PullRequest):
-                    log.debug("simulator: pull", conn=conn.serial)
-                    self._start_round(conn)
-                elif isinstance(event, Confirm):
-                    self._on_confirm(conn, event.message_id)
-                elif isinstance(event, Failed):
-                    self._on_failed(event.message_id, event.reason)
-                elif isinstance(event, Publish):
-                    self.publish_events(
-                        [Event(event.topic, event.content, 0, "", 0, 0)],
-                        group=conn.group[1],
-                        app_key=conn.group[0],
+                elif d.outcome is Outcome.LOGIN_FAILED:
+                    self.stats.logins_failed += 1
+                    log.warning("simulator: login refused", peer=peer, **d.log_fields())
+                elif d.outcome is Outcome.REFUSED:
+                    log.info(
+                        "simulator: frame refused",
+                        conn=conn and conn.serial,
+                        peer=peer,
+                        **d.log_fields(),
                     )
+                elif conn is not None and d.event is not None:
+                    if d.tolerated:
+                        log.debug("simulator: tolerated", conn=conn.serial, **d.log_fields())
+                    self._on_request(conn, d.event)
+                if d.close:
+                    return
         except ConnectionClosed:
             pass
         finally:
@@ -727,23 +728,74 @@ class Simulator:
                 else "tcp",
             )
 
-    def _refusal(self, event: ConnectRequest) -> str | None:
-        """Why a CONNECT is refused (the StatusPhrase), None to accept it."""
+    def _count(self, d: Decision) -> None:
+        if d.protocol_errors:
+            self._count_protocol_error(tuple(dev.reason for dev in d.protocol_errors))
+        by_reason = self.stats.tolerated_by_reason
+        for dev in d.tolerated:
+            by_reason[dev.reason] = by_reason.get(dev.reason, 0) + 1
+
+    def _count_protocol_error(self, reasons: tuple[str, ...]) -> None:
+        """One refused frame: ``protocol_errors`` counts frames, the by-reason map each
+        distinct reason in it."""
+        self.stats.protocol_errors += 1
+        by_reason = self.stats.protocol_errors_by_reason
+        for reason in dict.fromkeys(reasons):
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+
+    def _login(
+        self, ws: ServerConnection, session: ServerSession, event: ConnectRequest, peer: Any
+    ) -> _Conn:
+        self.stats.logins_ok += 1
+        self._logins += 1
+        conn = _Conn(ws, session, (event.app_key, event.group_name), serial=self._logins)
+        self._last_login[conn.group] = time.monotonic()
+        self._groups.setdefault(conn.group, _Group()).conns.append(conn)
+        log.info(
+            "simulator: login",
+            app_key=event.app_key,
+            group=event.group_name,
+            conn=conn.serial,
+            sdk=event.sdk,
+            peer=peer,
+        )
+        return conn
+
+    def _on_request(self, conn: _Conn, event: ServerEvent) -> None:
+        if isinstance(event, PullRequest):
+            log.debug("simulator: pull", conn=conn.serial)
+            self._start_round(conn)
+        elif isinstance(event, Confirm):
+            self._on_confirm(conn, event.message_id)
+        elif isinstance(event, Failed):
+            self._on_failed(event.message_id, event.reason)
+        elif isinstance(event, Publish):
+            # §6.5: queued for the publisher's own (app_key, group); the session already
+            # built the SENDACK of a flagged publish.
+            self.publish_events(
+                [Event(event.topic, event.content, 0, "", 0, 0)],
+                group=event.group_name or conn.group[1],
+                app_key=event.app_key or conn.group[0],
+            )
+
+    def _refusal(self, event: ConnectRequest) -> Deviation | None:
+        """The simulator's own refusal of a CONNECT the session found valid (its sign
+        checked): connection limit or reconnect rate; None to accept it."""
         cfg = self.config
-        if not event.sign_ok:
-            return cfg.login_error_phrase
         group = (event.app_key, event.group_name)
+        reason: str | None = None
         if cfg.max_connections:
             grp = self._groups.get(group)
             if grp is not None and len(grp.conns) >= cfg.max_connections:
-                self.stats.logins_refused += 1
-                return "too many connections in this group"
+                reason = _TOO_MANY_CONNECTIONS
         last = self._last_login.get(group)
         interval = cfg.min_reconnect_interval_s
-        if interval and last is not None and time.monotonic() - last < interval:
-            self.stats.logins_refused += 1
-            return "reconnect too frequently"
-        return None
+        if reason is None and interval and last is not None and time.monotonic() - last < interval:
+            reason = _RECONNECT_TOO_FREQUENTLY
+        if reason is None:
+            return None
+        self.stats.logins_refused += 1
+        return Deviation("group_name", reason, _REFUSAL_PHRASES[reason])
 
     async def _writer(self, conn: _Conn) -> None:
         with contextlib.suppress(ConnectionClosed):
