@@ -269,7 +269,8 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=[],
         metavar="NAME:every=SECONDS[,k=v]",
         help=f"inject a fault on a schedule, repeatable (e.g. drop_connection:every=30s, "
-        f"close_code:every=60s,code=4001). Faults: {faults}",
+        f"close_code:every=60s,code=4001; group=NAME picks the group, default 'default'). "
+        f"Faults: {faults}",
     )
     sim.add_argument(
         "--log-level",

@@ -552,3 +552,17 @@ async def test_int32_id_confirm_strict_refuses_lenient_tolerates(strict: bool) -
         assert isinstance(stats, dict)
         assert stats["tolerated_by_reason"] == sim.stats.tolerated_by_reason
         await client.ws.close()
+
+
+def test_a_scheduled_fault_names_its_group_and_its_parameters_are_checked_at_start() -> None:
+    from bridge.sources.tmc.simulator import FaultSchedule
+
+    schedule = FaultSchedule.parse("close_code:every=30s,code=4001,group=paying")
+    assert (schedule.group, schedule.params) == ("paying", {"code": "4001"})
+    assert FaultSchedule.parse("drop_connection:every=5").group == "default"
+    with pytest.raises(ValueError, match="code='abc' is not an integer"):
+        FaultSchedule.parse("close_code:every=60s,code=abc")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        FaultSchedule.parse("drop_connection:every=60s,cod=1")
+    with pytest.raises(ValueError, match="number of seconds"):
+        FaultSchedule.parse("drop_connection:every=soon")

@@ -134,6 +134,8 @@ class FaultSchedule:
     name: Fault
     every_s: float
     params: dict[str, str] = field(default_factory=dict)
+    #: The TMC group whose connections the fault hits.
+    group: str = "default"
 
     @classmethod
     def parse(cls, text: str) -> FaultSchedule:
@@ -149,10 +151,35 @@ class FaultSchedule:
         every = params.pop("every", "")
         if not every:
             raise ValueError(f"fault {text!r} needs every=<seconds>, e.g. {name}:every=30s")
-        every_s = float(every.removesuffix("s"))
+        try:
+            every_s = float(every.removesuffix("s"))
+        except ValueError:
+            raise ValueError(f"fault {text!r}: every must be a number of seconds") from None
         if every_s <= 0:
             raise ValueError(f"fault {text!r}: every must be > 0")
-        return cls(name, every_s, params)  # type: ignore[arg-type]
+        group = params.pop("group", "default")
+        # Checked now, not at the first tick: a typo must stop the start, not log an
+        # error every interval.
+        unknown = sorted(params.keys() - _FAULT_PARAMS.get(name, {}).keys())
+        if unknown:
+            raise ValueError(f"fault {name}: unknown parameter(s) {', '.join(unknown)}")
+        for key, value in params.items():
+            kind = _FAULT_PARAMS[name][key]
+            try:
+                kind(value)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"fault {name}: {key}={value!r} is not {what}") from None
+        return cls(name, every_s, params, group)  # type: ignore[arg-type]
+
+
+#: The parameters each fault takes, and their types (the rest take none).
+_FAULT_PARAMS: dict[str, dict[str, type]] = {
+    "fragmented_frame": {"parts": int},
+    "close_code": {"code": int, "reason": str},
+    "min_reconnect_interval": {"s": float},
+    "max_connections": {"n": int},
+}
 
 
 @dataclass
@@ -168,7 +195,8 @@ class SimulatorConfig:
     window: int = 1000
     distribution: Literal["round_robin", "random"] = "round_robin"
     #: Requeue a closed connection's unconfirmed messages at once instead of at the
-    #: confirm timeout (the notes only say "redelivered later", so later is the default).
+    #: confirm timeout (docs/protocol.md §9.4 only says "redelivered later", so later is
+    #: the default).
     redeliver_on_disconnect: bool = False
     login_error_code: int = 1
     login_error_phrase: str = "invalid sign"
@@ -582,9 +610,16 @@ class Simulator:
         while True:
             await asyncio.sleep(schedule.every_s)
             try:
-                self.inject(schedule.name, params=schedule.params)
+                hit = self.inject(schedule.name, group=schedule.group, params=schedule.params)
             except ValueError as exc:
                 log.error("simulator: scheduled fault failed", fault=schedule.name, error=str(exc))
+                continue
+            if not hit:
+                log.info(
+                    "simulator: scheduled fault found no connection",
+                    fault=schedule.name,
+                    group=schedule.group,
+                )
 
     # -- HTTP control -----------------------------------------------------------------
 
