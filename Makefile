@@ -13,7 +13,7 @@ GODIR  := $(abspath .cache/go)
 HELM   := $(GODIR)/gopath/bin/helm
 HELM_VERSION := v3.19.5
 
-.PHONY: install kafka rocketmq demo demo-rocketmq test lint unit integration bench clean \
+.PHONY: install kafka rocketmq demo demo-http demo-rocketmq test lint unit integration bench clean \
 	tools chart image-check constraints chaos
 
 install: $(STAMP)
@@ -38,6 +38,10 @@ rocketmq: install
 
 demo: install kafka
 	$(PY) -m devtools.demo --messages 10000
+
+# The same demo over TMC's HTTP consume/confirm API (source.type tmc_http).
+demo-http: install kafka
+	$(PY) -m devtools.demo --source tmc_http --messages 10000
 
 # The same demo into a local RocketMQ (ACL on), ordered by order id.
 demo-rocketmq: install rocketmq

@@ -5,6 +5,11 @@ holds, confirm it, close the source, exit. If that takes longer than
 ``pipeline.drain_timeout_s``, or a second signal arrives, the pipeline is aborted:
 nothing uncommitted is confirmed and the source redelivers it later.
 
+Stepping back: while the sink has been unavailable for ``pipeline.step_back_after_s``,
+the source is paused (TMC: logged out; messages stay with the platform and come back in
+order), the bridge is not ready with that reason, and the pipeline keeps probing the
+sink; once it answers, the source logs in again. The decision is :func:`step_back`.
+
 Health: the HTTP port (``http``) serves ``/metrics``, ``/livez`` and ``/readyz`` from
 the first moment, so a pod that cannot reach its source or sink is visibly not ready.
 """
@@ -22,11 +27,24 @@ from bridge.kinds import SinkContext
 from bridge.observability.http import HealthServer
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.engine import Pipeline
+from bridge.pipeline.filters import Filters
 from bridge.pipeline.ledger import LruCommittedIds
 from bridge.pipeline.ports import BatchSink, CommittedIds, Source, Submit
 from bridge.pipeline.routing import Router
 
 log = structlog.get_logger("bridge.app")
+
+
+def step_back(
+    paused: bool, unavailable_since: float | None, now: float, after_s: float
+) -> bool | None:
+    """Pause (True), resume (False) or leave the source as it is (None), given since when
+    the sink has been unavailable (None: it is available) and the threshold (0: never)."""
+    if paused:
+        return False if unavailable_since is None else None
+    if after_s > 0 and unavailable_since is not None and now - unavailable_since >= after_s:
+        return True
+    return None
 
 
 def sink_context(config: BridgeConfig, metrics: Metrics) -> SinkContext:
@@ -58,6 +76,8 @@ def describe(config: BridgeConfig) -> dict[str, object]:
     """Source and sink in a few log fields (no secrets)."""
     fields: dict[str, object] = {"source": config.source.type, "sink": config.sink.type}
     fields.update(config.source_kind.log_fields(config.source.selected))
+    if config.filters:
+        fields["filters"] = [rule.name for rule in config.filters]
     return fields
 
 
@@ -77,6 +97,7 @@ class Bridge:
             metrics=self.metrics,
             committed=self.committed,
             log_message_ids=config.log.message_ids,
+            filters=Filters(config.filters),
         )
         self.source = build_source(config, self.pipeline.submit, self.metrics)
         self.stopping = asyncio.Event()
@@ -144,6 +165,31 @@ class Bridge:
         self.committed.start()
         await asyncio.gather(self.pipeline.start_sink(), self.committed.wait_ready())
 
+    async def _watch_sink(self, tick_s: float = 1.0) -> None:
+        """Pause the source during a long sink outage, resume it once the sink answers."""
+        after_s = self.config.pipeline.step_back_after_s
+        since: float | None = None
+        paused = False
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick_s)
+            problem = self.pipeline.sink_problem()
+            now = loop.time()
+            if problem is None:
+                since = None
+            elif since is None:
+                since = now
+            action = step_back(paused, since, now, after_s)
+            if action is True:
+                paused = True
+                reason = f"sink unavailable for {now - (since or now):.0f} s: {problem}"
+                log.warning("stepping back from the source until the sink answers", reason=reason)
+                self.source.pause(reason)
+            elif action is False:
+                paused = False
+                log.info("the sink answers again: logging in to the source")
+                self.source.resume()
+
     async def _run(self) -> bool:
         try:
             return await self._run_parts()
@@ -163,7 +209,11 @@ class Bridge:
         sink_ready.result()
         self.source.start()
         writer = asyncio.create_task(self.pipeline.run())
+        watch = asyncio.create_task(self._watch_sink())
         await asyncio.wait({writer, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         log.info("bridge draining", in_flight=self.pipeline.in_flight)
         await self.source.stop_reading()
         self.pipeline.close()

@@ -109,6 +109,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         push_round_max=args.push_round_max,
         push_round_interval_s=args.push_round_interval_s,
         faults=faults,
+        require_auth_token=args.require_auth_token,
     )
 
     async def main() -> None:
@@ -117,7 +118,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if args.messages:
             sim.publish(args.messages)
         print(
-            f"tmc simulator ready at {sim.url} (stats: http://{args.host}:{sim.port}/_sim/stats)",
+            f"tmc simulator ready at {sim.url} (stats: http://{args.host}:{sim.port}/_sim/stats;"
+            f" TOP gateway for source.tmc_http: http://{args.host}:{sim.port}/router/rest)",
             flush=True,
         )
         stop = asyncio.Event()
@@ -171,6 +173,13 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--close-on-login-error",
         action="store_true",
         help="close the socket after a failed CONNECTACK (top-link keeps it open)",
+    )
+    proto.add_argument(
+        "--require-auth-token",
+        action="store_true",
+        help="refuse a CONNECT without a token from taobao.tmc.auth.get (GET /router/rest "
+        "on this port) for its app key and group; each token serves one login within "
+        "5 minutes",
     )
     proto.add_argument(
         "--min-reconnect-interval-s",

@@ -44,6 +44,35 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Name = Annotated[str, AfterValidator(_not_blank)]
 Secret = Annotated[SecretStr | None, AfterValidator(_secret_not_blank)]
 
+#: The platform's rule for a TMC group name (``taobao.tmc.group.add``).
+GROUP_NAME_MAX = 32
+
+
+def group_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a TMC group of the platform, or None. Its rules: at most 32
+    characters, and nothing but ``default`` itself may start with ``default`` (that
+    prefix is the platform's own)."""
+    if not name.strip():
+        return "must not be empty"
+    if name != name.strip():
+        return "must not start or end with a space"
+    if len(name) > GROUP_NAME_MAX:
+        return f"is {len(name)} characters long; the platform allows at most {GROUP_NAME_MAX}"
+    if name.startswith("default") and name != "default":
+        return "must not start with 'default' unless it is 'default' (the platform's rule)"
+    return None
+
+
+def _group_name(value: str) -> str:
+    problem = group_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+#: A TMC group name, checked against the platform's rules.
+GroupName = Annotated[str, AfterValidator(_group_name)]
+
 
 class _Problems(ValueError):
     """Problems of named sub-keys, raised by a validator of the enclosing model.
@@ -178,6 +207,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
     )
+
+
+def checked_url(value: str, schemes: tuple[str, ...]) -> str:
+    """``value`` if it is a URL of one of ``schemes``; else ValueError saying why (for a
+    field validator)."""
+    problem = _url_problem(value, schemes)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def one_secret_problems(
+    value: SecretStr | None, path: Path | None, key: str = "app_secret"
+) -> list[tuple[str, str]]:
+    """``[(key, why)]`` unless exactly one of the secret and its file is given."""
+    if (value is None) == (path is None):
+        given = "both are" if value is not None else "neither is"
+        return [(key, f"set exactly one of {key} and {key}_file ({given} set)")]
+    return []
 
 
 def _secret(value: SecretStr | None, path: Path | None, key: str) -> str:

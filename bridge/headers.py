@@ -13,9 +13,13 @@ H_MESSAGE_ID = "tmc.message_id"
 H_USER_ID = "tmc.user_id"
 H_PUBLISH_TIME = "tmc.publish_time_ms"
 H_PUBLISHER = "tmc.publisher"
+#: The TMC group the message came through (TMC sources only).
+H_GROUP = "tmc.group"
 H_DLQ_REASON = "tmc.dlq.reason"
 H_DLQ_TARGET = "tmc.dlq.target_topic"
 H_DLQ_TRUNCATED = "tmc.dlq.truncated"
+#: On a record a filter rule diverted (``filters``, action divert): the rule's name.
+H_FILTER_RULE = "tmc.filter.rule"
 
 #: Source-specific metadata of the ONS source (the RocketMQ message it came from).
 H_ONS_MSG_ID = "ons.msg_id"

@@ -29,6 +29,10 @@ def _nothing(*_args: object) -> None:
     return None
 
 
+def _no_groups(_config: object) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class SinkContext:
     """What a sink factory gets besides its own config section."""
@@ -56,6 +60,8 @@ class SourceKind(Generic[C]):
     check: Callable[[C], None] = _nothing
     #: What must be installed (e.g. a native library); ``check-config`` calls it.
     requirements: Callable[[], None] = field(default=_nothing)
+    #: The source's groups that ``routing.groups`` may name (TMC groups); none by default.
+    groups: Callable[[C], list[str]] = _no_groups
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class SourceMessage:
     received_ns: int = 0
     #: Source-specific metadata copied into the output headers (e.g. the ONS message id).
     extra_headers: tuple[tuple[str, bytes], ...] = ()
+    #: The TMC group it came through (None for other sources): selects the group's own
+    #: routes, and is written as the ``tmc.group`` header.
+    group: str | None = None
 
 
 class Ack(Protocol):

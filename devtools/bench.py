@@ -20,7 +20,8 @@ RocketMQ (local broker with ACL, ordered mode, ``examples/bridge-rocketmq.yaml``
 2. Bridge: as for Kafka, with the RocketMQ sink.
 
 One line per sink: ``bench: sink=S bridge_msgs_per_s=X raw_producer_msgs_per_s=Y
-ratio=R p50_ms=A p99_ms=B``
+ratio=R p50_ms=A p99_ms=B``. The Kafka run adds ``sink=kafka-tmc_http``: the same bridge
+with the HTTP API source (``--http-config``), consume/confirm calls instead of pushes.
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def run_bridge(
         workdir,
         config,
         sim_port=port,
-        extra_env={"TMC_BRIDGE_LOG_LEVEL": "warning", **broker_env},
+        extra_env={
+            "TMC_BRIDGE_LOG_LEVEL": "warning",
+            # The HTTP API source's config reads the simulator's TOP gateway from here.
+            "TMC_HTTP_URL": f"http://127.0.0.1:{port}/router/rest",
+            **broker_env,
+        },
     )
     try:
         harness.wait_confirmed(port, n, timeout_s=600, watch=bridge)
@@ -176,7 +182,7 @@ def report(sink: str, n: int, raw: float, stats: dict[str, Any], cpu: dict[str, 
     return bool(stats["confirmed"] == n)
 
 
-def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
+def bench_kafka(workdir: Path, config: Path, n: int, http_config: Path | None = None) -> bool:
     from devtools.demo import kafka_target, topics_of
 
     cfg = load(config, env={"TMC_APP_SECRET": harness.DEMO_SECRET})
@@ -195,7 +201,14 @@ def bench_kafka(workdir: Path, config: Path, n: int) -> bool:
         durable = report("kafka", n, raw, stats, cpu)
         memory_env = {**broker_env, "TMC_BRIDGE_DEDUP": "memory"}
         stats, cpu = run_bridge(workdir, config, n, memory_env)
-    return report("kafka-dedup-memory", n, raw, stats, cpu) and durable
+        memory = report("kafka-dedup-memory", n, raw, stats, cpu)
+        # The HTTP API source (source.type tmc_http) on the same broker, beside the
+        # WebSocket rows above: consume/confirm calls instead of pushes.
+        http = True
+        if http_config is not None:
+            stats, cpu = run_bridge(workdir, http_config, n, broker_env)
+            http = report("kafka-tmc_http", n, raw, stats, cpu)
+    return memory and durable and http
 
 
 def bench_rocketmq(workdir: Path, config: Path, n: int) -> bool:
@@ -232,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rocketmq-messages", type=int, default=50_000)
     parser.add_argument("--config", default="bridge.yaml")
     parser.add_argument("--rocketmq-config", default="examples/bridge-rocketmq.yaml")
+    parser.add_argument(
+        "--http-config",
+        default="examples/bridge-tmc-http.yaml",
+        help="the HTTP API source's run into Kafka ('' skips it)",
+    )
     parser.add_argument("--workdir", default=".work/bench")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
@@ -240,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     ok = True
     if args.sink in ("kafka", "both"):
-        ok = bench_kafka(workdir / "kafka", Path(args.config), args.messages) and ok
+        http_config = Path(args.http_config) if args.http_config else None
+        ok = bench_kafka(workdir / "kafka", Path(args.config), args.messages, http_config) and ok
     if args.sink in ("rocketmq", "both"):
         rocketmq_dir = workdir / "rocketmq"
         rocketmq_dir.mkdir()

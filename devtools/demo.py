@@ -1,6 +1,7 @@
 """``make demo``: local broker + TMC simulator + bridge, then one summary line.
 
     python -m devtools.demo --messages 10000 [--sink rocketmq] [--workdir .work/demo]
+    python -m devtools.demo --source tmc_http   # the HTTP API source instead of WebSocket
 
 Everything runs on this machine: the broker from Maven Central jars (cached in ``.cache``),
 the simulator and the bridge as child processes. ``--sink kafka`` (default) uses
@@ -35,6 +36,8 @@ QUEUES = 4
 DEMO_ACCESS_KEY = "demo-access-key"
 DEMO_SECRET_KEY = "demo-secret-key-0123"  # noqa: S105 - the local broker's demo account
 CONFIGS = {"kafka": Path("bridge.yaml"), "rocketmq": Path("examples/bridge-rocketmq.yaml")}
+#: ``--source tmc_http``: the HTTP API source into Kafka, against the simulator's gateway.
+HTTP_CONFIG = Path("examples/bridge-tmc-http.yaml")
 
 #: (environment for the bridge, reader of what arrived)
 Target = tuple[dict[str, str], Callable[[int], list[harness.Arrived]]]
@@ -100,8 +103,18 @@ def metrics_line(port: int) -> str:
     )
 
 
-def run(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | None = None) -> int:
-    config = config or CONFIGS[sink]
+def run(
+    *,
+    messages: int,
+    workdir: Path,
+    sink: str = "kafka",
+    config: Path | None = None,
+    source: str = "tmc",
+) -> int:
+    if source == "tmc_http" and sink != "kafka":
+        print("demo: --source tmc_http runs into Kafka only")
+        return 2
+    config = config or (HTTP_CONFIG if source == "tmc_http" else CONFIGS[sink])
     if not config.exists():
         print(f"demo: {config} not found (run the demo from the project folder)")
         return 2
@@ -115,7 +128,10 @@ def run(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | Non
     }
     topics = topics_of(load(config, env=env))
     target = rocketmq_target if sink == "rocketmq" else kafka_target
-    print(f"demo: starting {sink} (first run downloads it from Maven Central) in {workdir}")
+    print(
+        f"demo: starting {sink} (first run downloads it from Maven Central) in {workdir}; "
+        f"source {source}"
+    )
     with target(workdir, topics) as (broker_env, read):
         sim_port = harness.free_port()
         sim = harness.start_simulator(workdir, port=sim_port, messages=messages)
@@ -123,7 +139,11 @@ def run(*, messages: int, workdir: Path, sink: str = "kafka", config: Path | Non
         try:
             print(f"demo: simulator on :{sim_port} with {messages} order events; bridge -> {sink}")
             started = time.monotonic()
-            bridge = harness.start_bridge(workdir, config, sim_port=sim_port, extra_env=broker_env)
+            # The HTTP API source's config reads the simulator's TOP gateway from here.
+            gateway = {"TMC_HTTP_URL": f"http://127.0.0.1:{sim_port}/router/rest"}
+            bridge = harness.start_bridge(
+                workdir, config, sim_port=sim_port, extra_env={**broker_env, **gateway}
+            )
             stats = harness.wait_confirmed(sim_port, messages, timeout_s=300, watch=bridge)
             took = time.monotonic() - started
             print(metrics_line(bridge.http_port))
@@ -156,10 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sink", choices=["kafka", "rocketmq"], default="kafka")
     parser.add_argument("--workdir", default=".work/demo")
     parser.add_argument("--config", type=Path, default=None, help="default: per sink")
+    parser.add_argument(
+        "--source",
+        choices=["tmc", "tmc_http"],
+        default="tmc",
+        help="tmc: the WebSocket source; tmc_http: the HTTP API source (Kafka only)",
+    )
     args = parser.parse_args(argv)
     try:
         return run(
-            messages=args.messages, workdir=Path(args.workdir), sink=args.sink, config=args.config
+            messages=args.messages,
+            workdir=Path(args.workdir),
+            sink=args.sink,
+            config=args.config,
+            source=args.source,
         )
     except ConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from bridge import registry
+from bridge.config.filters import FilterRule, filter_problems
 from bridge.config_fields import (
     PositiveFloat,
     PositiveInt,
@@ -16,6 +17,67 @@ from bridge.config_fields import (
     _Problems,
 )
 from bridge.kinds import SinkKind, SourceKind
+
+
+def _ordered_list_form(value: Any) -> Any:
+    """``[{pattern: value}, ...]`` -> an ordered dict; anything else as it is."""
+    if not isinstance(value, list):
+        return value
+    merged: dict[Any, Any] = {}
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ValueError(f"item {i}: write one 'pattern: value' mapping per item")
+        ((pattern, target),) = item.items()
+        if pattern in merged:
+            raise ValueError(f"item {i}: pattern {pattern!r} is listed twice")
+        merged[pattern] = target
+    return merged
+
+
+def _check_topics(value: dict[str, str]) -> dict[str, str]:
+    if not value:
+        raise ValueError(
+            "map at least one pattern to a topic (with no route, every message would "
+            "be dead-lettered as 'no route'); use \"*\" for all"
+        )
+    if any(not pattern.strip() for pattern in value):
+        raise ValueError("a pattern is empty")
+    return value
+
+
+def _check_keys(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    problems = []
+    for pattern, fields in value.items():
+        if not fields:
+            problems.append((pattern, "list at least one field"))
+        elif any(not field.strip() for field in fields):
+            problems.append((pattern, "a field name is empty"))
+    if problems:
+        raise _Problems(*problems)
+    return value
+
+
+class GroupRoutingConfig(_Model):
+    """``routing.groups.<group>``: a TMC group's own routes. What it leaves out comes from
+    ``routing`` itself (a group may set only ``topics``, or only ``keys``)."""
+
+    topics: dict[str, str] | None = None
+    keys: dict[str, list[str]] | None = None
+
+    @field_validator("topics", "keys", mode="before")
+    @classmethod
+    def _ordered(cls, value: Any) -> Any:
+        return _ordered_list_form(value)
+
+    @field_validator("topics")
+    @classmethod
+    def _some_route(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return None if value is None else _check_topics(value)
+
+    @field_validator("keys")
+    @classmethod
+    def _non_empty_keys(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        return None if value is None else _check_keys(value)
 
 
 class RoutingConfig(_Model):
@@ -47,45 +109,37 @@ class RoutingConfig(_Model):
     #: TMC contents are a few levels deep, and a hostile depth must not reach the parser.
     max_json_depth: Annotated[int, Field(gt=0, le=500)] = 64
 
+    #: A TMC group's own routes (``source.tmc.groups``), by group name; a group not
+    #: listed here uses the routes above.
+    groups: dict[str, GroupRoutingConfig] = Field(default_factory=dict)
+
     @field_validator("topics", "keys", mode="before")
     @classmethod
     def _ordered_list_form(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        merged: dict[Any, Any] = {}
-        for i, item in enumerate(value):
-            if not isinstance(item, dict) or len(item) != 1:
-                raise ValueError(f"item {i}: write one 'pattern: value' mapping per item")
-            ((pattern, target),) = item.items()
-            if pattern in merged:
-                raise ValueError(f"item {i}: pattern {pattern!r} is listed twice")
-            merged[pattern] = target
-        return merged
+        return _ordered_list_form(value)
 
     @field_validator("topics")
     @classmethod
     def _some_route(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError(
-                "map at least one pattern to a topic (with no route, every message would "
-                "be dead-lettered as 'no route'); use \"*\" for all"
-            )
-        if any(not pattern.strip() for pattern in value):
-            raise ValueError("a pattern is empty")
-        return value
+        return _check_topics(value)
 
     @field_validator("keys")
     @classmethod
     def _non_empty_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        problems = []
-        for pattern, fields in value.items():
-            if not fields:
-                problems.append((pattern, "list at least one field"))
-            elif any(not field.strip() for field in fields):
-                problems.append((pattern, "a field name is empty"))
-        if problems:
-            raise _Problems(*problems)
-        return value
+        return _check_keys(value)
+
+    def for_group(self, group: str) -> RoutingConfig:
+        """The routes of ``group``: its own where it has them, the common ones else."""
+        own = self.groups.get(group)
+        if own is None:
+            return self
+        return self.model_copy(
+            update={
+                "topics": own.topics if own.topics is not None else self.topics,
+                "keys": own.keys if own.keys is not None else self.keys,
+                "groups": {},
+            }
+        )
 
 
 class PipelineConfig(_Model):
@@ -107,6 +161,12 @@ class PipelineConfig(_Model):
     sink_probe_interval_s: PositiveFloat = 10.0
     #: /readyz reports the sink stalled when one batch has been in it this long.
     sink_stall_s: PositiveFloat = 60.0
+    #: Sink unavailable (failing, not connected or stalled) this long: log out of the
+    #: source until the sink answers again, instead of holding pushes the source will
+    #: redeliver after newer events, and confirming none of them (the platform slows
+    #: down, and may block, an app key that keeps a low confirm ratio). 60 s is past
+    #: source.tmc.max_hold_s, so nothing still deliverable is given up. 0 = never.
+    step_back_after_s: Annotated[float, Field(ge=0)] = 60.0
 
     @model_validator(mode="after")
     def _backoff_order(self) -> PipelineConfig:
@@ -200,6 +260,19 @@ class BridgeConfig(_Model):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    #: Drop or divert messages by topic and seller (bridge/config/filters.py).
+    filters: list[FilterRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _filter_rules(self) -> BridgeConfig:
+        problems = filter_problems(
+            self.filters,
+            max_in_flight=self.pipeline.max_in_flight,
+            topic_problem=self.sink_kind.topic_problem,
+        )
+        if problems:
+            raise _Problems(*((f"filters.{key}", problem) for key, problem in problems))
+        return self
 
     @property
     def source_kind(self) -> SourceKind[Any]:
@@ -220,8 +293,21 @@ class BridgeConfig(_Model):
         # its route (or fail the dead-letter topic itself). Each sink knows its rule.
         names = [(f"routing.topics.{p}", name) for p, name in self.routing.topics.items()]
         names.append(("routing.dead_letter_topic", self.routing.dead_letter_topic))
+        for group, own in self.routing.groups.items():
+            for p, name in (own.topics or {}).items():
+                names.append((f"routing.groups.{group}.topics.{p}", name))
         problem_of = self.sink_kind.topic_problem
         problems = [(key, problem) for key, name in names if (problem := problem_of(name))]
+        groups = self.source_kind.groups(self.source.selected)
+        for group in self.routing.groups:
+            if group not in groups:
+                known = ", ".join(groups) if groups else "none"
+                problems.append(
+                    (
+                        f"routing.groups.{group}",
+                        f"{self.source.type} has no group {group!r} (its groups: {known})",
+                    )
+                )
         if problems:
             raise _Problems(*problems)
         return self

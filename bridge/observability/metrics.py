@@ -172,14 +172,31 @@ class Metrics:
         )
         self._connection_up = Gauge(
             "bridge_source_connection_up",
-            "1 while the connection is logged in (TMC) or the consumer is started (ONS).",
-            ["source", "connection"],
+            "1 while the connection is logged in (TMC) or the consumer is started (ONS). "
+            "Connections are numbered across groups; group is the TMC group.",
+            ["source", "group", "connection"],
             registry=r,
         )
         self._reconnects = Counter(
             "bridge_source_reconnects",
             "Reconnect attempts after a connection was lost or refused.",
-            ["source", "connection"],
+            ["source", "group", "connection"],
+            registry=r,
+        )
+        self._group_messages = _Cache(
+            Counter(
+                "bridge_source_group_messages",
+                "Messages per TMC group and connection: received (every push taken, "
+                "redeliveries included) and confirmed (confirms sent). The platform's flow "
+                "control is set per group; compare the two rates.",
+                ["source", "group", "connection", "outcome"],
+                registry=r,
+            )
+        )
+        self.source_stepped_back = Gauge(
+            "bridge_source_stepped_back",
+            "1 while the bridge has logged out of its source because the sink has been "
+            "unavailable for pipeline.step_back_after_s.",
             registry=r,
         )
 
@@ -201,6 +218,18 @@ class Metrics:
                 "Receipt by the bridge to confirm (after the sink committed).",
                 ["source"],
                 buckets=CONFIRM_BUCKETS,
+                registry=r,
+            )
+        )
+
+        # -- filters -----------------------------------------------------------------
+        self._filtered = _Cache(
+            Counter(
+                "bridge_filter_messages",
+                "Messages a filter rule dropped (confirmed, never written) or diverted "
+                "to its divert_to topic, by rule, action and reason (topic, seller_allow, "
+                "seller_deny; _backlog when the rule's in-flight threshold applied).",
+                ["rule", "action", "reason"],
                 registry=r,
             )
         )
@@ -306,13 +335,22 @@ class Metrics:
     def skipped(self, source: str, reason: str) -> None:
         self._skipped.get(source, reason).inc()
 
-    def connection_up(self, source: str, connection: int, up: bool) -> None:
-        self._connection_up.labels(source, str(connection)).set(1 if up else 0)
+    def connection_up(self, source: str, connection: int, up: bool, group: str = "") -> None:
+        self._connection_up.labels(source, group, str(connection)).set(1 if up else 0)
 
-    def reconnect(self, source: str, connection: int) -> None:
-        self._reconnects.labels(source, str(connection)).inc()
+    def reconnect(self, source: str, connection: int, group: str = "") -> None:
+        self._reconnects.labels(source, group, str(connection)).inc()
+
+    def group_messages(self, source: str, group: str, connection: int, outcome: str) -> None:
+        """One message received or confirmed on a TMC group's connection."""
+        self._group_messages.get(source, group, str(connection), outcome).inc()
 
     # -- pipeline and sink -----------------------------------------------------------
+
+    def filtered(self, rule: str, action: str, reason: str) -> None:
+        """One message a filter rule dropped or diverted (labels: configured rule
+        names and fixed words only)."""
+        self._filtered.get(rule, action, reason).inc()
 
     def committed(
         self,

@@ -43,8 +43,10 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from bridge.errors import SinkError, SinkStopped
+from bridge.headers import H_FILTER_RULE
 from bridge.model import Delivery, OutRecord, SourceMessage
 from bridge.observability import metrics as m
+from bridge.pipeline.filters import DIVERT, Filters, Verdict
 from bridge.pipeline.ledger import Admission, Ledger, LruCommittedIds, swap_refused
 from bridge.pipeline.ports import Batch, BatchSink, CommittedIds, Refused
 from bridge.pipeline.routing import Router
@@ -82,6 +84,9 @@ class PipelineStats:
     batch_retries: int = 0
     failed_back: int = 0
     given_up: int = 0
+    #: New messages a filter rule dropped (confirmed, not written) or diverted.
+    filter_dropped: int = 0
+    filter_diverted: int = 0
 
 
 def _live(entry: _Entry) -> bool:
@@ -111,9 +116,12 @@ class Pipeline:
         committed: CommittedIds | None = None,
         log_message_ids: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        filters: Filters | None = None,
     ) -> None:
         self._config = config
         self._router = router
+        #: Drop/divert rules (``filters``), decided for new messages only.
+        self._filters = filters if filters else None
         self._sink = sink
         self._clock = clock
         self.metrics = metrics
@@ -204,7 +212,16 @@ class Pipeline:
             self._give_up([entry])
             return
         self.stats.received += 1
+        verdict = None
+        if self._filters is not None and msg.malformed is None:
+            # The ledger holds this message too: the figure the thresholds compare with.
+            verdict = self._filters.decide(msg, len(self._ledger))
+            if verdict is not None and verdict.action != DIVERT:
+                self._drop(entry, verdict)
+                return
         entry.record = self._route(msg)
+        if verdict is not None:
+            entry.record = self._divert(entry, entry.record, verdict)
         self._queue.append(entry)
         self._has_work.set()
 
@@ -217,6 +234,48 @@ class Pipeline:
             ack.confirm()
         self._has_room.set()
         self._has_work.set()  # a drain may be waiting for the last undecided one
+
+    def _drop(self, entry: _Entry, verdict: Verdict) -> None:
+        """Dropped by a filter rule: confirmed at once (delivered by policy), never
+        written, released like :meth:`_absorb` (a redelivery is decided anew)."""
+        msg = entry.delivery.message
+        self._ledger.release([entry.key])
+        self.stats.filter_dropped += 1
+        self.metrics.received(msg.source, msg.topic, msg.publish_time_ms)
+        self.metrics.filtered(verdict.rule, verdict.action, verdict.label)
+        log.debug(
+            "message dropped by a filter",
+            message_id=msg.message_id,
+            topic=msg.topic,
+            rule=verdict.rule,
+            reason=verdict.reason,
+        )
+        for ack in entry.delivery.acks:
+            ack.confirm()
+        self._has_room.set()
+        self._has_work.set()  # a drain may be waiting for the last undecided one
+
+    def _divert(self, entry: _Entry, record: OutRecord, verdict: Verdict) -> OutRecord:
+        """To the rule's ``divert_to`` topic, key and headers kept, the rule named in a
+        header. A dead letter (the message could not be routed) stays one."""
+        if record.dead_letter_reason is not None or verdict.divert_to is None:
+            return record
+        self.stats.filter_diverted += 1
+        self.metrics.filtered(verdict.rule, verdict.action, verdict.label)
+        log.debug(
+            "message diverted by a filter",
+            message_id=entry.key[1],
+            topic=entry.delivery.message.topic,
+            rule=verdict.rule,
+            reason=verdict.reason,
+            to=verdict.divert_to,
+        )
+        return OutRecord(
+            topic=verdict.divert_to,
+            key=record.key,
+            value=record.value,
+            headers=(*record.headers, (H_FILTER_RULE, verdict.rule.encode())),
+        )
 
     def _give_up(self, entries: list[_Entry]) -> None:
         """Not written, not confirmed: the source redelivers these (maybe to another

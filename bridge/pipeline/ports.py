@@ -81,6 +81,17 @@ class Source(Protocol):
 
     def start(self) -> None: ...
 
+    def pause(self, reason: str) -> None:
+        """Step back from the source while the sink is down: log out (TMC closes its
+        connections after sending the confirms already due; the HTTP source stops
+        calling consume), take nothing new, and report ``reason`` in :meth:`problem`.
+        Messages held stay unconfirmed and come back from the source. Idempotent."""
+        ...
+
+    def resume(self) -> None:
+        """Log in again after :meth:`pause` (the usual reconnect back-off applies)."""
+        ...
+
     async def stop_reading(self) -> None: ...
 
     async def close(self) -> None: ...

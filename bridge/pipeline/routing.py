@@ -1,6 +1,7 @@
 """Turn a :class:`SourceMessage` into the :class:`OutRecord` a sink writes. Pure, no I/O.
 
-* Topic: the first glob in ``routing.topics`` that matches the TMC topic.
+* Topic: the first glob in ``routing.topics`` that matches the TMC topic (a TMC group
+  listed under ``routing.groups`` uses its own routes instead).
 * Key: the first field of the first matching ``routing.keys`` pattern that is present in
   the JSON content, as a decimal string (ids are exact ints: ``json.loads`` never makes
   a float of an integer literal, docs/protocol.md §13.3). A topic that matches no
@@ -25,6 +26,7 @@ from bridge.headers import (
     H_DLQ_REASON,
     H_DLQ_TARGET,
     H_DLQ_TRUNCATED,
+    H_GROUP,
     H_MESSAGE_ID,
     H_PUBLISH_TIME,
     H_PUBLISHER,
@@ -62,6 +64,10 @@ class Router:
         self._match_topic = _matcher(list(config.topics))
         self._match_key = _matcher(list(config.keys))
         self._cache: dict[str, tuple[str | None, list[str] | None]] = {}
+        #: A TMC group's own routes (``routing.groups``), by group name.
+        self._by_group = {
+            group: Router(config.for_group(group), envelope=envelope) for group in config.groups
+        }
 
     def _rules(self, topic: str) -> tuple[str | None, list[str] | None]:
         rules = self._cache.get(topic)
@@ -84,6 +90,10 @@ class Router:
         The content is parsed only where the key must be read from it; otherwise it is
         forwarded as received, whatever it holds. Never raises for any content.
         """
+        own = self._by_group.get(msg.group) if self._by_group and msg.group else None
+        return (own or self)._route(msg)
+
+    def _route(self, msg: SourceMessage) -> OutRecord:
         headers = _headers(msg)
         target, key_fields = self._rules(msg.topic)
         raw = msg.content
@@ -229,6 +239,8 @@ def _headers(msg: SourceMessage) -> tuple[tuple[str, bytes], ...]:
         headers.append((H_PUBLISH_TIME, str(msg.publish_time_ms).encode()))
     if msg.publisher:
         headers.append((H_PUBLISHER, _utf8(msg.publisher)))
+    if msg.group is not None:
+        headers.append((H_GROUP, _utf8(msg.group)))
     headers.extend(msg.extra_headers)
     return tuple(headers)
 

@@ -220,12 +220,15 @@ class OnsSource(Source):
         self.consumed = 0
         self.reconsume_later = 0
         self._last_malformed: tuple[float, str] | None = None
+        self._paused: str | None = None
 
     @property
     def logged_in(self) -> bool:
         return self._started and self._reading
 
     def problem(self) -> str | None:
+        if self._paused is not None:
+            return f"ons consumer held back while the sink is unavailable ({self._paused})"
         if self.logged_in:
             return None
         if self._start_error is not None:
@@ -310,6 +313,18 @@ class OnsSource(Source):
     async def _submit_one(self, delivery: Delivery) -> None:
         # Submit may return any awaitable; run_coroutine_threadsafe needs a coroutine.
         await self._submit(delivery)
+
+    def pause(self, reason: str) -> None:
+        """Reported only. The consumer stays started: its threads already wait on the
+        pipeline's back-pressure, so it pulls nothing more, and the broker keeps the rest
+        in order; answering RECONSUME_LATER instead would move messages to the retry
+        topic (out of order, and to the dead-letter queue after 16 tries)."""
+        if self._paused is None:
+            log.warning("sink unavailable: ons consumer held by back-pressure", reason=reason)
+        self._paused = reason
+
+    def resume(self) -> None:
+        self._paused = None
 
     async def stop_reading(self) -> None:
         """Hand nothing new to the pipeline; what it holds can still be confirmed."""

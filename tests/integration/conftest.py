@@ -110,6 +110,7 @@ def bridge_config(
     pipeline: dict[str, Any] | None = None,
     tmc: dict[str, Any] | None = None,
     kafka: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> BridgeConfig:
     doc = {
         "source": {
@@ -148,6 +149,7 @@ def bridge_config(
                 "taobao_item_*": ["num_iid"],
             },
             "dead_letter_topic": topics.dlq,
+            **(routing or {}),
         },
         "pipeline": {
             "batch_linger_ms": 20,

@@ -123,6 +123,40 @@ CASES = [
     ),
     case("bool as text", "log.message_ids", put("log/message_ids", "maybe")),
     case("missing app_key", "source.tmc.app_key", drop("source/tmc/app_key")),
+    # -- TMC groups: the platform's name rules, and routes for groups that exist -------
+    case("group over 32 characters", "source.tmc.group", put("source/tmc/group", "g" * 33)),
+    case(
+        "group starting with default",
+        "source.tmc.group",
+        put("source/tmc/group", "default_vip"),
+    ),
+    case(
+        "group and groups both set",
+        "source.tmc.groups",
+        put("source/tmc/group", "vip"),
+        put("source/tmc/groups", [{"name": "other"}]),
+    ),
+    case(
+        "a group listed twice",
+        "source.tmc.groups.1.name",
+        put("source/tmc/groups", [{"name": "vip"}, {"name": "vip"}]),
+    ),
+    case(
+        "a group of groups breaking the name rule",
+        "source.tmc.groups.0.name",
+        put("source/tmc/groups", [{"name": "defaultish"}]),
+    ),
+    case(
+        "routes for a group the source does not have",
+        "routing.groups.vip",
+        put("routing/groups", {"vip": {"topics": {"*": "tmc.vip"}}}),
+    ),
+    case(
+        "a group route to an invalid topic",
+        "routing.groups.vip.topics.*",
+        put("source/tmc/groups", [{"name": "vip"}]),
+        put("routing/groups", {"vip": {"topics": {"*": "bad topic"}}}),
+    ),
     case("missing sink section", "sink", drop("sink")),
     case(
         "missing transactional_id",

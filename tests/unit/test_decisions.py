@@ -93,7 +93,8 @@ def test_swap_refused_replaces_in_place_and_reports_stuck_records() -> None:
 
 
 def test_the_config_sections_come_from_the_registry() -> None:
-    assert set(registry.SOURCES) == {"tmc", "ons"} and set(registry.SINKS) == {"kafka", "rocketmq"}
+    assert set(registry.SOURCES) == {"tmc", "ons", "tmc_http"}
+    assert set(registry.SINKS) == {"kafka", "rocketmq"}
     cfg: BridgeConfig = parse(
         {
             "source": {"tmc": {"app_key": "1", "app_secret": "s"}},

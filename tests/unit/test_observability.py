@@ -79,7 +79,7 @@ def test_metric_names_follow_the_naming_rule() -> None:
     assert len(names) > 20
     for name in names:
         component = name.split("_")[1]
-        assert component in {"app", "source", "pipeline", "sink", "dedup"}, name
+        assert component in {"app", "source", "pipeline", "filter", "sink", "dedup"}, name
 
 
 def test_logs_are_json_lines_with_the_logger_name(capsys: pytest.CaptureFixture[str]) -> None:

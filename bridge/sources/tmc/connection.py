@@ -1,12 +1,14 @@
 """TMC asyncio driver: WebSocket I/O around the sans-I/O
 :class:`~bridge.sources.tmc.session.ClientSession`.
 
-One :class:`TmcSource` runs ``connections`` independent :class:`_Connection` tasks to the
-same group. Each connection loops: connect, log in, pull right away and then every
-``pull_interval_s``, ping after ``ping_idle_s`` without traffic (never waiting for the
-pong, docs/protocol.md §8.1), hand every push to the pipeline and send the confirm
-or failed frame when the pipeline settles it. On any failure it closes the socket and
-reconnects after a jittered back-off whose first delay is at least ``reconnect_min_s``.
+One :class:`TmcSource` runs, for each configured group, ``connections`` independent
+:class:`_Connection` tasks logged in to that group (TMC gives each message of a group to
+one of its connections; the groups never share a message). Each connection loops:
+connect, log in, pull right away and then every ``pull_interval_s``, ping after
+``ping_idle_s`` without traffic (never waiting for the pong, docs/protocol.md §8.1),
+hand every push to the pipeline and send the confirm or failed frame when the pipeline
+settles it. On any failure it closes the socket and reconnects after a jittered back-off
+whose first delay is at least ``reconnect_min_s``.
 
 Back-pressure: the reader awaits ``submit`` before reading the next frame, so a full
 pipeline stops the socket reads and TCP pushes back on the server (§9.6).
@@ -20,6 +22,14 @@ with the reason, counted in ``bridge_source_skipped_frames_total`` and skipped: 
 server redelivers it later, and the session goes on. The connection task itself logs
 every exit with its reason (an unexpected exception with its traceback), shows it in
 ``/readyz`` while no connection is logged in, and reconnects with the usual back-off.
+
+Stepping back: while the sink has been unavailable for ``pipeline.step_back_after_s``
+the bridge calls :meth:`TmcSource.pause`: every connection stops taking pushes, sends
+the confirms already due and logs out; TMC keeps the group's messages meanwhile and
+pushes the backlog in order at the next login. What was pushed and left unconfirmed is
+redelivered by TMC after its confirm timeout, so the next login waits until that has
+passed (``server_confirm_timeout_s`` after the last such push): otherwise newer events of
+an order could be pushed before the older ones come back.
 
 A confirm is sent only on the socket the message came in on, and only while that login
 is still current: after a reconnect the old token is void, the server redelivers, and the
@@ -44,7 +54,8 @@ from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.ports import Ack, Source, Submit
 from bridge.retry import Backoff
-from bridge.sources.tmc import transport
+from bridge.sources.tmc import platform_errors, transport
+from bridge.sources.tmc.auth_token import AuthTokenError, AuthTokenSource
 from bridge.sources.tmc.config import TmcSourceConfig
 from bridge.sources.tmc.session import ClientSession, Ignored, LoggedIn, Push, Rejected
 
@@ -71,7 +82,10 @@ class _Ack:
         )
 
     def confirm(self) -> None:
-        self._conn.send_if_current(self._generation, self._conn.session.confirm, self._id)
+        conn = self._conn
+        if conn.send_if_current(self._generation, conn.session.confirm, self._id):
+            conn.confirmed_this_login += 1
+            conn.metrics.group_messages("tmc", conn.group, conn.index, "confirmed")
 
     def fail(self, reason: str) -> None:
         self._conn.send_if_current(
@@ -81,11 +95,19 @@ class _Ack:
 
 class _Connection:
     def __init__(
-        self, index: int, config: TmcSourceConfig, secret: str, submit: Submit, metrics: Metrics
+        self,
+        index: int,
+        group: str,
+        *,
+        config: TmcSourceConfig,
+        secret: str,
+        submit: Submit,
+        metrics: Metrics,
     ) -> None:
         self.index = index
+        self.group = group
         self.max_hold_s = config.max_hold_s
-        self._metrics = metrics
+        self.metrics = self._metrics = metrics
         self._config = config
         self._submit = submit
         # Jittered upward, so the first retry waits at least reconnect_min_s.
@@ -93,7 +115,7 @@ class _Connection:
         self.session = ClientSession(
             config.app_key,
             secret,
-            config.group,
+            group,
             sdk=config.sdk,
             max_content_bytes=config.max_content_bytes,
         )
@@ -110,15 +132,31 @@ class _Connection:
         self.last_error: str | None = None
         #: (monotonic time, reason) of the last frame skipped, for /readyz.
         self.last_skipped: tuple[float, str] | None = None
-        self._log = log.bind(connection=index, group=config.group)
-        metrics.connection_up("tmc", index, False)
+        self._log = log.bind(connection=index, group=group)
+        #: Fetches the CONNECT's auth token before every login; None: Void is sent.
+        self._auth_token = AuthTokenSource.for_config(config, secret)
+        #: Stepped back (see :meth:`pause`): no login until :meth:`resume`.
+        self.paused = False
+        self._resumed = asyncio.Event()
+        #: Pushes taken and confirms sent on the current login, and when the last push
+        #: came: after stepping back with pushes unconfirmed, the next login waits for
+        #: TMC's confirm timeout to have passed for them (see ``server_confirm_timeout_s``).
+        self.taken_this_login = 0
+        self.confirmed_this_login = 0
+        self._last_push_at = 0.0
+        self._hold_until = 0.0
+        self._logged_out_at = 0.0
+        self._closing: asyncio.Task[None] | None = None
+        metrics.connection_up("tmc", index, False, group)
 
     # -- called by acks (event loop, never blocks) --------------------------------
 
-    def send_if_current(self, generation: int, make: Callable[[int], bytes], msg_id: int) -> None:
+    def send_if_current(self, generation: int, make: Callable[[int], bytes], msg_id: int) -> bool:
+        """Queue the frame ``make(msg_id)`` on the login ``generation``; False when that
+        login is gone (nothing sent: the server redelivers)."""
         if generation != self.generation or not self.online:
             self.confirms_dropped += 1
-            return
+            return False
         try:
             frame = make(msg_id)
         except TmcError as exc:
@@ -126,31 +164,44 @@ class _Connection:
             # pipeline that is settling a batch. Unconfirmed, the message comes back.
             self._log.error("cannot encode confirm", message_id=msg_id, error=str(exc))
             self.confirms_dropped += 1
-            return
+            return False
         self._outbox.put_nowait(frame)
         self.confirms_sent += 1
+        return True
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def run(self) -> None:
         delays = self._backoff.delays()
         while not self._stop.is_set():
+            if self.paused:
+                # Stepped back (also when it came during a back-off wait): no login.
+                await self._stay_out()
+                delays = self._backoff.delays()
+                continue
             generation = self.generation
             try:
                 await self._session_once()
             except LoginError as exc:
-                self.last_error = str(exc)
-                self._log.error(
-                    "tmc login refused",
-                    status_code=exc.status_code,
-                    status_phrase=exc.status_phrase,
-                )
+                # What to do about it, in the console's terms, in the log and /readyz.
+                if isinstance(exc, AuthTokenError):
+                    advice = exc.hint
+                    self._log.error("tmc auth token not obtained", error=str(exc), hint=advice)
+                else:
+                    advice = platform_errors.hint(exc.status_code, None, exc.status_phrase)
+                    self._log.error(
+                        "tmc login refused",
+                        status_code=exc.status_code,
+                        status_phrase=exc.status_phrase,
+                        hint=advice,
+                    )
+                self.last_error = platform_errors.with_hint(str(exc), advice)
             except (FrameError, ProtocolError) as exc:
                 # Only the login exchange raises these; online, bad frames are skipped.
                 self.last_error = f"login failed: {exc}"
                 self._log.error("tmc login failed, resetting connection", error=str(exc))
             except ConnectionClosed as exc:
-                if self._stop.is_set():
+                if self._stop.is_set() or self.paused:
                     self._log.info(
                         "tmc connection closed",
                         confirms_sent=self.confirms_sent,
@@ -176,7 +227,9 @@ class _Connection:
                 self.session.lost()
             if self._stop.is_set():
                 break
-            self._metrics.reconnect("tmc", self.index)
+            if self.paused:
+                continue
+            self._metrics.reconnect("tmc", self.index, self.group)
             # A login went through on that socket (the generation counts logins): it
             # resets the back-off. _session_once always ends in an exception, so its
             # return value cannot tell.
@@ -192,7 +245,9 @@ class _Connection:
     async def _session_once(self) -> None:
         """One socket from connect to close. Always ends in an exception (the reason)."""
         cfg = self._config
-        self._log.info("tmc connecting", url=public_url(cfg.url))
+        # A fresh auth token for every login (AuthTokenError, a LoginError, if none).
+        token = None if self._auth_token is None else await self._auth_token.fetch(self.group)
+        self._log.info("tmc connecting", url=public_url(cfg.url), auth_token=token is not None)
         async with connect(
             cfg.url,
             ping_interval=None,  # our own idle ping, pongs not awaited (§8.1, §12)
@@ -210,7 +265,8 @@ class _Connection:
             # socket's local end.
             local = ws.local_address
             address = str(local[0]) if isinstance(local, tuple) and local else None
-            await ws.send(self.session.connect(int(time.time() * 1000), intranet_ip=address))
+            now_ms = int(time.time() * 1000)
+            await ws.send(self.session.connect(now_ms, intranet_ip=address, token=token))
             first = await asyncio.wait_for(ws.recv(), cfg.connect_timeout_s)
             if not isinstance(first, bytes):
                 raise ProtocolError("text frame instead of CONNECTACK")
@@ -244,8 +300,65 @@ class _Connection:
 
     def _set_online(self, online: bool) -> None:
         if online != self.online:
-            self._metrics.connection_up("tmc", self.index, online)
+            self._metrics.connection_up("tmc", self.index, online, self.group)
+            if online:
+                self.taken_this_login = self.confirmed_this_login = 0
         self.online = online
+
+    # -- stepping back during a sink outage ----------------------------------------
+
+    def pause(self) -> None:
+        """Log out: take no more pushes, let the confirms already due out, close."""
+        if self.paused:
+            return
+        self.paused = True
+        self._resumed.clear()
+        self._reading = False
+        self._logged_out_at = time.monotonic()
+        left = self.taken_this_login - self.confirmed_this_login
+        if self.online and left > 0:
+            self._hold_until = max(
+                self._hold_until, self._last_push_at + self._config.server_confirm_timeout_s
+            )
+        self._log.warning(
+            "tmc logging out: the sink is unavailable",
+            pushes_left_unconfirmed=max(left, 0),
+        )
+        self._closing = asyncio.get_running_loop().create_task(
+            self._close_socket("tmc client stepping back")
+        )
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        self._reading = True
+        self._resumed.set()
+
+    async def _stay_out(self) -> None:
+        """While paused, and then until TMC has taken back what this login left
+        unconfirmed (so the backlog comes back in order)."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        resumed = asyncio.ensure_future(self._resumed.wait())
+        try:
+            await asyncio.wait({stop, resumed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            resumed.cancel()
+        if self.paused or self._stop.is_set():
+            return  # stopping (or paused again at once): the caller loops
+        # Not before TMC's confirm timeout has passed for what was left unconfirmed, nor
+        # sooner after the logout than the platform accepts a reconnect.
+        earliest = max(self._hold_until, self._logged_out_at + self._config.reconnect_min_s)
+        wait = earliest - time.monotonic()
+        if wait > 0:
+            self._log.info(
+                "tmc login held back: TMC's confirm timeout must pass for the pushes left "
+                "unconfirmed, so that they come back in order",
+                in_s=round(wait, 1),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
 
     async def _reader(self, ws: ClientConnection) -> None:
         # Runs until the socket closes, also while draining: leaving the loop would end
@@ -283,9 +396,16 @@ class _Connection:
         if isinstance(event, Push):
             msg = event.message
             if not self._reading:
-                # Draining: not taken, not confirmed; the server redelivers it.
+                # Draining or stepping back: not taken, not confirmed; the server
+                # redelivers it (after its confirm timeout: the next login waits for it).
                 self.pushes_left += 1
+                if self.paused:
+                    self._hold_until = time.monotonic() + self._config.server_confirm_timeout_s
                 return None
+            msg.group = self.group
+            self.taken_this_login += 1
+            self._last_push_at = time.monotonic()
+            self._metrics.group_messages("tmc", self.group, self.index, "received")
             if msg.malformed:
                 self._log.warning(
                     "tmc push malformed, dead-lettering it",
@@ -344,16 +464,20 @@ class _Connection:
     async def close(self) -> None:
         self._stop.set()
         self._reading = False
+        await self._close_socket("tmc client closed")
+
+    async def _close_socket(self, reason: str) -> None:
         ws = self._ws
         if ws is not None:
             # Let queued confirms out before the Close frame.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), 2.0)
-            await ws.close(1000, "tmc client closed")
+            await ws.close(1000, reason)
 
 
 class TmcSource(Source):
-    """``connections`` parallel logins to one TMC group, all feeding one pipeline."""
+    """Every configured group's connections (``connections`` logins each), all feeding
+    one pipeline. Ready while every group has a connection logged in."""
 
     name = "tmc"
 
@@ -363,10 +487,20 @@ class TmcSource(Source):
         except (InvalidURI, ValueError) as exc:
             raise ConfigError(f"source.tmc.url: {exc}") from None
         secret = config.secret()
-        self._connections = [
-            _Connection(i, config, secret, submit, metrics) for i in range(config.connections)
-        ]
+        self._connections: list[_Connection] = []
+        for group, count in config.group_connections():
+            for _ in range(count):
+                index = len(self._connections)
+                self._connections.append(
+                    _Connection(
+                        index, group, config=config, secret=secret, submit=submit, metrics=metrics
+                    )
+                )
+        self._groups = config.group_names()
         self._tasks: list[asyncio.Task[None]] = []
+        self._metrics = metrics
+        #: Why the bridge stepped back (see :meth:`pause`), None while logged in.
+        self._paused: str | None = None
 
     @property
     def logged_in(self) -> int:
@@ -376,11 +510,26 @@ class TmcSource(Source):
     def last_errors(self) -> list[str]:
         return [c.last_error for c in self._connections if c.last_error]
 
+    def group_problems(self) -> dict[str, str]:
+        """Per group without a connection logged in: why (its last error, if any)."""
+        found = {}
+        for group in self._groups:
+            conns = [c for c in self._connections if c.group == group]
+            if any(c.online for c in conns):
+                continue
+            errors = [c.last_error for c in conns if c.last_error]
+            found[group] = "not logged in" + (f" (last error: {errors[0]})" if errors else "")
+        return found
+
     def problem(self) -> str | None:
-        if self.logged_in:
+        if self._paused is not None:
+            return f"tmc logged out while the sink is unavailable ({self._paused})"
+        problems = self.group_problems()
+        if not problems:
             return None
-        errors = self.last_errors
-        return "tmc not logged in" + (f" (last error: {errors[0]})" if errors else "")
+        if len(self._groups) == 1:
+            return f"tmc {next(iter(problems.values()))}"
+        return "; ".join(f"tmc group {group} {what}" for group, what in problems.items())
 
     def notes(self) -> list[str]:
         """What /readyz adds while ready: the last frame skipped, if one was."""
@@ -392,9 +541,25 @@ class TmcSource(Source):
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(c.run(), name=f"tmc-connection-{c.index}")
+            asyncio.create_task(c.run(), name=f"tmc-connection-{c.index}-{c.group}")
             for c in self._connections
         ]
+
+    def pause(self, reason: str) -> None:
+        if self._paused is not None:
+            return
+        self._paused = reason
+        self._metrics.source_stepped_back.set(1)
+        for c in self._connections:
+            c.pause()
+
+    def resume(self) -> None:
+        if self._paused is None:
+            return
+        self._paused = None
+        self._metrics.source_stepped_back.set(0)
+        for c in self._connections:
+            c.resume()
 
     async def stop_reading(self) -> None:
         for c in self._connections:

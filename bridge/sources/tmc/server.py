@@ -55,6 +55,8 @@ class ConnectRequest:
     version: int = codec.PROTOCOL_VERSION
     #: The secret is known for this app key (False: the sign could not be checked).
     app_known: bool = True
+    #: The CONNECT's ``token`` (from ``taobao.tmc.auth.get``); None when Void or absent.
+    auth_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +435,7 @@ class ServerSession:
             intranet_ip=_text(frame, "intranet_ip", found),
             version=frame.version,
             app_known=secret is not None,
+            auth_token=_text(frame, "token", found),
         )
 
     def _request(self, frame: Frame, found: list[Deviation]) -> ServerEvent:

@@ -126,14 +126,18 @@ class ClientSession:
         # are one per message (§6.2) and only append the id to prebuilt parts.
         self._send_head = b""
 
-    def connect(self, now_ms: int, *, intranet_ip: str | None = None) -> bytes:
-        """The CONNECT frame for a new socket; forgets any previous token (§8.3).
+    def connect(
+        self, now_ms: int, *, intranet_ip: str | None = None, token: str | None = None
+    ) -> bytes:
+        """The CONNECT frame for a new socket; forgets any previous session token (§8.3).
 
         It carries the keys the official Java client 2.0.0 sends, in the order its map
         writes them: ``app_key``, ``group_name``, ``filter_exp``, ``minor_group``,
-        ``sign``, ``sdk``, ``intranet_ip``, ``timestamp`` and ``token`` (Void: no auth
-        token is used). ``intranet_ip`` (the socket's local address, when the caller
-        knows it) overrides the one given at construction; with neither it is left out.
+        ``sign``, ``sdk``, ``intranet_ip``, ``timestamp`` and ``token``: the auth token
+        from ``taobao.tmc.auth.get`` as a String when the caller has one, else Void (as
+        that client sends it off production). ``intranet_ip`` (the socket's local
+        address, when the caller knows it) overrides the one given at construction; with
+        neither it is left out. Neither ``token`` nor ``intranet_ip`` is signed (§5.3).
         """
         self._flag += 1
         self.token = None
@@ -151,7 +155,7 @@ class ClientSession:
         if ip:
             custom["intranet_ip"] = codec.string(ip)
         custom["timestamp"] = codec.string(timestamp)
-        custom["token"] = Value(Fmt.VOID, None)
+        custom["token"] = codec.string(token) if token else Value(Fmt.VOID, None)
         return codec.encode(Frame(MessageType.CONNECT, flag=self._flag, custom=custom))
 
     def receive(self, data: bytes, *, received_ns: int = 0) -> ClientEvent:

@@ -6,7 +6,10 @@ What it does, as the real server is documented to:
   CONNECTACK that echoes the Flag and carries a UUID token, or a failed CONNECTACK with
   a StatusCode/StatusPhrase and no token (then keeps or closes the socket, configurable);
   optionally refuses logins that come faster than a minimum reconnect interval or beyond
-  a maximum number of connections per group;
+  a maximum number of connections per group; optionally requires the CONNECT ``token``
+  to be one its ``taobao.tmc.auth.get`` handed out for that app and group
+  (``require_auth_token``: single use, expiring), or refuses every login
+  (``refuse_logins``, with the configured code and phrase);
 * puts the session token on every push and requires it on every client SEND (strict), or
   accepts the variants seen in the wild (lenient);
 * keeps one queue per (app_key, group); each message goes to exactly one online
@@ -42,7 +45,7 @@ import random
 import time
 import uuid
 from array import array
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -117,7 +120,16 @@ _KIND_DATA = codec.encode_custom("__kind", codec.byte(Kind.DATA))
 _MAX_SIZE = 4 * 1024 * 1024
 #: The simulator's own login refusals (reasons and StatusPhrases), beyond the session's.
 _TOO_MANY_CONNECTIONS, _RECONNECT_TOO_FREQUENTLY = "too_many_connections", "reconnect_too_often"
+_AUTH_TOKEN_MISSING, _AUTH_TOKEN_INVALID = "auth_token_missing", "auth_token_invalid"
+#: refuse_logins: every login refused with login_error_code / login_error_phrase.
+_LOGINS_REFUSED = "logins_refused"
+#: Most unused auth tokens remembered (the oldest is dropped first).
+_AUTH_TOKENS_MAX = 10_000
 _REFUSAL_PHRASES = {
+    _AUTH_TOKEN_MISSING: "auth token required: get one with taobao.tmc.auth.get for this "
+    "app and group",
+    _AUTH_TOKEN_INVALID: "invalid auth token: unknown, expired, used already, or issued "
+    "for another app or group",
     _TOO_MANY_CONNECTIONS: "too many connections in this group",
     _RECONNECT_TOO_FREQUENTLY: "reconnect too frequently",
 }
@@ -223,6 +235,14 @@ class SimulatorConfig:
     push_round_interval_s: float = 1.0
     #: Faults injected on a schedule.
     faults: list[FaultSchedule] = field(default_factory=list)
+    #: Refuse a CONNECT that does not carry a token handed out by ``taobao.tmc.auth.get``
+    #: (GET /router/rest) for its app and group; each token is good for one login within
+    #: ``auth_token_ttl_s`` of being issued.
+    require_auth_token: bool = False
+    auth_token_ttl_s: float = 300.0
+    #: Refuse every login (valid sign or not) with login_error_code / login_error_phrase,
+    #: e.g. as the platform refuses an app that has not enabled the message service.
+    refuse_logins: bool = False
 
 
 @dataclass(slots=True)
@@ -282,6 +302,10 @@ class SimStats:
     redelivered: int = 0
     #: Of ``redelivered``: requeued because their socket closed (redeliver_on_disconnect).
     redelivered_on_disconnect: int = 0
+    #: Pushes whose confirm timeout expired (each then redelivered), and of those, the
+    #: ones whose connection was still online (the client held them past the timeout).
+    confirm_timeouts: int = 0
+    confirm_timeouts_online: int = 0
     failed_received: int = 0
     duplicate_confirms: int = 0
     unknown_confirms: int = 0
@@ -300,6 +324,11 @@ class SimStats:
     faults_injected: int = 0
     #: Per fault name, how often it was applied.
     faults: dict[str, int] = field(default_factory=dict)
+    #: Tokens handed out by taobao.tmc.auth.get; CONNECTs let in or refused for theirs
+    #: (counted only with require_auth_token).
+    auth_tokens_issued: int = 0
+    auth_tokens_accepted: int = 0
+    auth_tokens_refused: int = 0
     pings_received: int = 0
     pongs_sent: int = 0
     idle_closes: int = 0
@@ -308,6 +337,8 @@ class SimStats:
     #: Wall-clock seconds of the first push and the latest confirm (throughput window).
     first_push_at: float = 0.0
     last_confirm_at: float = 0.0
+    #: ``taobao.tmc.messages.consume`` calls through the HTTP gateway, per group.
+    top_consume_calls: dict[str, int] = field(default_factory=dict)
     #: Push-to-confirm latencies (float32: 4 bytes a confirm).
     latencies_ms: array[float] = field(default_factory=lambda: array("f"))
 
@@ -316,6 +347,7 @@ class SimStats:
         out["faults"] = dict(self.faults)
         out["protocol_errors_by_reason"] = dict(self.protocol_errors_by_reason)
         out["tolerated_by_reason"] = dict(self.tolerated_by_reason)
+        out["top_consume_calls"] = dict(self.top_consume_calls)
         # Sorting every sample is costly mid-run; percentiles only when asked for.
         lat = sorted(self.latencies_ms) if latency else []
         if lat:
@@ -384,6 +416,8 @@ class Simulator:
         self._settled = asyncio.Event()
         self._logins = 0
         self._last_login: dict[tuple[str, str], float] = {}
+        #: Tokens of taobao.tmc.auth.get not used yet: token -> ((app_key, group), expiry).
+        self._auth_tokens: OrderedDict[str, tuple[tuple[str, str], float]] = OrderedDict()
         self._pending_401 = 0
         self._pending_wrong_flag = 0
         self._sockets: set[ServerConnection] = set()
@@ -633,9 +667,12 @@ class Simulator:
             status, top_headers, top_body = self.top_api.handle(
                 "GET", request.path, url.query, b"", None
             )
-            return Response(
-                status, HTTPStatus(status).phrase, Headers(top_headers.items()), top_body
-            )
+            # websockets ends the connection after any answer but a 101: say so, or a
+            # keep-alive client (httpx) sends its next call on a closing socket and gets
+            # "Server disconnected" (then waits out its error back-off).
+            headers = Headers(top_headers.items())
+            headers["Connection"] = "close"
+            return Response(status, HTTPStatus(status).phrase, headers, top_body)
         if not url.path.startswith("/_sim/"):
             if self._pending_401:
                 self._pending_401 -= 1
@@ -684,8 +721,9 @@ class Simulator:
             reason: (cfg.login_error_code, phrase) for reason, (_, phrase) in LOGIN_ERRORS.items()
         }
         login_errors["invalid_sign"] = (cfg.login_error_code, cfg.login_error_phrase)
-        for reason in (_TOO_MANY_CONNECTIONS, _RECONNECT_TOO_FREQUENTLY):
-            login_errors[reason] = (cfg.login_error_code, _REFUSAL_PHRASES[reason])
+        for reason, phrase in _REFUSAL_PHRASES.items():
+            login_errors[reason] = (cfg.login_error_code, phrase)
+        login_errors[_LOGINS_REFUSED] = (cfg.login_error_code, cfg.login_error_phrase)
         return ServerSession(
             cfg.apps,
             strict=cfg.strict,
@@ -815,11 +853,13 @@ class Simulator:
 
     def _refusal(self, event: ConnectRequest) -> Deviation | None:
         """The simulator's own refusal of a CONNECT the session found valid (its sign
-        checked): connection limit or reconnect rate; None to accept it."""
+        checked): every login refused, connection limit, reconnect rate or auth token
+        (checked last: a token is used up only by a login that goes through); None to
+        accept it."""
         cfg = self.config
         group = (event.app_key, event.group_name)
-        reason: str | None = None
-        if cfg.max_connections:
+        reason: str | None = _LOGINS_REFUSED if cfg.refuse_logins else None
+        if reason is None and cfg.max_connections:
             grp = self._groups.get(group)
             if grp is not None and len(grp.conns) >= cfg.max_connections:
                 reason = _TOO_MANY_CONNECTIONS
@@ -827,10 +867,20 @@ class Simulator:
         interval = cfg.min_reconnect_interval_s
         if reason is None and interval and last is not None and time.monotonic() - last < interval:
             reason = _RECONNECT_TOO_FREQUENTLY
+        if reason is None and cfg.require_auth_token:
+            reason = self._auth_token_refusal(event)
+            if reason is None:
+                self.stats.auth_tokens_accepted += 1
+            else:
+                self.stats.auth_tokens_refused += 1
         if reason is None:
             return None
         self.stats.logins_refused += 1
-        return Deviation("group_name", reason, _REFUSAL_PHRASES[reason])
+        if reason == _LOGINS_REFUSED:
+            return Deviation("app_key", reason, cfg.login_error_phrase)
+        token_refused = reason in (_AUTH_TOKEN_MISSING, _AUTH_TOKEN_INVALID)
+        field_name = "token" if token_refused else "group_name"
+        return Deviation(field_name, reason, _REFUSAL_PHRASES[reason])
 
     async def _writer(self, conn: _Conn) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -872,6 +922,8 @@ class Simulator:
     def consume(self, app_key: str, group: str, quantity: int) -> list[TopMessage]:
         """Up to ``quantity`` queued messages, in flight for an HTTP consumer from now on
         (redelivered after ``confirm_timeout_s`` like a push)."""
+        calls = self.stats.top_consume_calls
+        calls[group] = calls.get(group, 0) + 1
         grp = self._groups.get((app_key, group))
         out: list[TopMessage] = []
         now = time.monotonic()
@@ -884,6 +936,8 @@ class Simulator:
             msg.pushed_at, msg.deadline = now, now + self.config.confirm_timeout_s
             self._in_flight[msg.id] = msg
             self.stats.pushes += 1
+            if not self.stats.first_push_at:
+                self.stats.first_push_at = time.time()
             ev = msg.event
             out.append(
                 TopMessage(msg.id, ev.topic, ev.content, msg.published_ms, "", ev.user_id, ev.nick)
@@ -899,7 +953,32 @@ class Simulator:
             self._on_failed(msg_id, "f_message_ids")
 
     def auth_token(self, app_key: str, group: str) -> str:
-        return str(uuid.uuid4())
+        """A token for one CONNECT of ``(app_key, group)`` within ``auth_token_ttl_s``
+        (remembered, at most :data:`_AUTH_TOKENS_MAX` at a time, oldest dropped first)."""
+        tokens = self._auth_tokens
+        now = time.monotonic()
+        while tokens:  # issued in expiry order: drop the expired, and the oldest when full
+            _, expires = next(iter(tokens.values()))
+            if len(tokens) < _AUTH_TOKENS_MAX and expires > now:
+                break
+            tokens.popitem(last=False)
+        token = str(uuid.uuid4())
+        tokens[token] = ((app_key, group), now + self.config.auth_token_ttl_s)
+        self.stats.auth_tokens_issued += 1
+        return token
+
+    def _auth_token_refusal(self, event: ConnectRequest) -> str | None:
+        """None when the CONNECT carries a live token of its app and group (used up
+        now), else the refusal reason."""
+        if not event.auth_token:
+            return _AUTH_TOKEN_MISSING
+        issued = self._auth_tokens.pop(event.auth_token, None)
+        if issued is None:
+            return _AUTH_TOKEN_INVALID
+        owner, expires = issued
+        if owner != (event.app_key, event.group_name) or expires <= time.monotonic():
+            return _AUTH_TOKEN_INVALID
+        return None
 
     def _on_confirm(self, conn: _Conn | None, msg_id: int) -> None:
         msg = self._messages.get(msg_id)
@@ -966,6 +1045,12 @@ class Simulator:
                 if msg.deadline > now:
                     break
                 expired.append(msg)
+            # A push left to time out is what a client should never cause: count it, and
+            # whether its connection was still there (a client holding it) or not.
+            self.stats.confirm_timeouts += len(expired)
+            self.stats.confirm_timeouts_online += sum(
+                1 for m in expired if m.owner is not None and m.owner.ws.state.name == "OPEN"
+            )
             for msg in sorted(expired, key=lambda m: m.id, reverse=True):
                 self._requeue(msg)
             due = sorted((i for t, i in self._delayed if t <= now), reverse=True)

@@ -295,7 +295,11 @@ class TopApi:
         status, headers, body = self.handle(
             request.method, path, query, b"", request.headers.get("Content-Type")
         )
-        return WsResponse(status, HTTPStatus(status).phrase, Headers(headers), body)
+        # websockets closes the connection after any answer but a 101: tell the client,
+        # so it does not send its next call on this (closing) connection.
+        return WsResponse(
+            status, HTTPStatus(status).phrase, Headers({**headers, "Connection": "close"}), body
+        )
 
     def _call(self, params: Params, request_id: str) -> dict[str, Any]:
         name = params.get("method", "")

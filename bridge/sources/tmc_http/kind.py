@@ -1,0 +1,40 @@
+"""The ``source.tmc_http`` adapter's registration: its type name, config model and factory.
+
+Its namespace is the WebSocket source's (``tmc/<app_key>/<group>``) on purpose: both read
+the same TMC stream, so the committed-ids store knows a message whichever way it came.
+The implementation (and httpx) is imported inside the factory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.config_fields import public_url
+from bridge.kinds import SourceKind
+from bridge.sources.tmc_http.config import TmcHttpSourceConfig
+
+if TYPE_CHECKING:
+    from bridge.observability.metrics import Metrics
+    from bridge.pipeline.ports import Source, Submit
+
+
+def _build(config: TmcHttpSourceConfig, submit: Submit, metrics: Metrics) -> Source:
+    from bridge.sources.tmc_http.source import TmcHttpSource
+
+    return TmcHttpSource(config, submit, metrics=metrics)
+
+
+def _check(config: TmcHttpSourceConfig) -> None:
+    config.secret()  # the secret file must be readable
+
+
+KIND = SourceKind(
+    name="tmc_http",
+    config=TmcHttpSourceConfig,
+    build=_build,
+    summary=lambda c: (
+        f"tmc_http {public_url(c.url)} app_key={c.app_key} group={c.group} quantity={c.quantity}"
+    ),
+    log_fields=lambda c: {"group": c.group, "quantity": c.quantity, "sign_method": c.sign_method},
+    namespace=lambda c: f"tmc/{c.app_key}/{c.group}",
+    check=_check,
+)
