@@ -68,7 +68,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     # What the adapters need installed (librocketmq for a RocketMQ side): exit 1 if not.
     cfg.source_kind.requirements()
     cfg.sink_kind.requirements()
-    print(f"config ok: {source} -> {sink} routes={len(cfg.routing.topics)}")
+    extras = ""
+    if cfg.routing.groups:
+        extras += f" group_routes={','.join(cfg.routing.groups)}"
+    if cfg.filters:
+        extras += f" filters={','.join(rule.name for rule in cfg.filters)}"
+    print(f"config ok: {source} -> {sink} routes={len(cfg.routing.topics)}{extras}")
     return 0
 
 
