@@ -180,15 +180,22 @@ class Bridge:
             elif since is None:
                 since = now
             action = step_back(paused, since, now, after_s)
-            if action is True:
-                paused = True
-                reason = f"sink unavailable for {now - (since or now):.0f} s: {problem}"
-                log.warning("stepping back from the source until the sink answers", reason=reason)
-                self.source.pause(reason)
-            elif action is False:
-                paused = False
-                log.info("the sink answers again: logging in to the source")
-                self.source.resume()
+            try:
+                if action is True:
+                    reason = f"sink unavailable for {now - (since or now):.0f} s: {problem}"
+                    log.warning(
+                        "stepping back from the source until the sink answers", reason=reason
+                    )
+                    self.source.pause(reason)
+                    paused = True
+                elif action is False:
+                    log.info("the sink answers again: logging in to the source")
+                    self.source.resume()
+                    paused = False
+            except Exception:
+                # A bug in a source's pause/resume: say so, and keep watching (the next
+                # tick tries again) rather than end stepping back for the whole run.
+                log.exception("stepping back or in failed", action=action)
 
     async def _run(self) -> bool:
         try:
@@ -212,7 +219,7 @@ class Bridge:
         watch = asyncio.create_task(self._watch_sink())
         await asyncio.wait({writer, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await watch
         log.info("bridge draining", in_flight=self.pipeline.in_flight)
         await self.source.stop_reading()

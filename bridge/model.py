@@ -39,8 +39,18 @@ class SourceMessage:
     #: Source-specific metadata copied into the output headers (e.g. the ONS message id).
     extra_headers: tuple[tuple[str, bytes], ...] = ()
     #: The TMC group it came through (None for other sources): selects the group's own
-    #: routes, and is written as the ``tmc.group`` header.
+    #: routes, is written as the ``tmc.group`` header, and scopes the id (see
+    #: :func:`stream_key`).
     group: str | None = None
+
+
+def stream_key(msg: SourceMessage) -> tuple[str, int]:
+    """The message's identity across redeliveries: ``(stream, id)``. Ids are unique within
+    a stream: the source, and for a TMC message its group (``tmc@vip``), because nothing
+    promises TMC ids unique across an app's groups."""
+    if msg.group is None:
+        return (msg.source, msg.message_id)
+    return (f"{msg.source}@{msg.group}", msg.message_id)
 
 
 class Ack(Protocol):

@@ -110,7 +110,9 @@ class KafkaCommittedIds:
         self._config = config
         self._topic = config.dedup.topic
         self._tp = TopicPartition(self._topic, 0)
-        self._prefix = f"{namespace}|"
+        self._namespace = namespace
+        #: Marker keys of this namespace start with one of these (see marker.scope).
+        self._prefixes = (f"{namespace}|".encode(), f"{namespace}/".encode())
         self._window_s = config.dedup.window_h * 3600.0
         self._metrics = metrics
         self._consumer_factory = consumer_factory
@@ -346,7 +348,7 @@ class KafkaCommittedIds:
                 self._on_client_error(err)
             return
         key = msg.key()
-        if key is None or not key.startswith(self._prefix.encode()):
+        if key is None or not key.startswith(self._prefixes):
             self._metrics.dedup_records.labels("other").inc()
             return
         try:
@@ -355,7 +357,10 @@ class KafkaCommittedIds:
             self._metrics.dedup_records.labels("unreadable").inc()
             log.warning("committed-ids record skipped", offset=msg.offset(), reason=str(exc))
             return
-        source = found.scope[len(self._prefix) :]
+        source = marker.source_of(self._namespace, found.scope)
+        if source is None:
+            self._metrics.dedup_records.labels("other").inc()
+            return
         window = self._windows.get(source)
         if window is None:
             window = self._windows[source] = IdWindow(self._window_s)

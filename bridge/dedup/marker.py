@@ -4,9 +4,11 @@ Written by the Kafka sink into the committed-ids topic inside the same transacti
 batch's records, so a ``read_committed`` reader sees the ids exactly when it can see the
 records, and never for an aborted batch.
 
-* key: the stream's scope, ``<namespace>|<source>`` in UTF-8 (e.g. ``tmc/12345678/default|tmc``):
-  ids are unique within one app and group, not across them, so replicas of other bridges
-  sharing the topic keep out of each other's way.
+* key: the stream's scope in UTF-8, ``<namespace>|<source>`` (e.g. ``ons/GID_x|ons``), or
+  for a source that reads groups (a TMC group), whose pipeline key names the stream
+  ``<source>@<group>``, ``<namespace>/<group>|<source>`` (``tmc/12345678/default|tmc``).
+  Ids are taken as unique within one stream only, so each TMC group has its own ids and
+  replicas of other bridges sharing the topic keep out of each other's way.
 * value: the format byte ``0x01``, then the ids as big-endian int64 (8 bytes each).
 
 A record of an unknown format (a newer bridge wrote it) is skipped with a warning by the
@@ -28,7 +30,24 @@ MAX_IDS = 65_536
 
 
 def scope(namespace: str, source: str) -> str:
+    """The marker key of the pipeline's stream name ``source`` (see the module doc)."""
+    name, at, group = source.partition("@")
+    if at:
+        return f"{namespace}/{group}|{name}"
     return f"{namespace}|{source}"
+
+
+def source_of(namespace: str, found: str) -> str | None:
+    """The stream name a marker key ``found`` stands for under ``namespace`` (the inverse
+    of :func:`scope`), or None when it belongs to another namespace."""
+    if found.startswith(namespace + "|"):
+        return found[len(namespace) + 1 :]
+    if found.startswith(namespace + "/"):
+        # Source names hold no "|"; a group name might.
+        group, bar, name = found[len(namespace) + 1 :].rpartition("|")
+        if bar and group and name:
+            return f"{name}@{group}"
+    return None
 
 
 def encode(ids: Iterable[int]) -> bytes:

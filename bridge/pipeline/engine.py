@@ -44,7 +44,7 @@ import structlog
 
 from bridge.errors import SinkError, SinkStopped
 from bridge.headers import H_FILTER_RULE
-from bridge.model import Delivery, OutRecord, SourceMessage
+from bridge.model import Delivery, OutRecord, SourceMessage, stream_key
 from bridge.observability import metrics as m
 from bridge.pipeline.filters import DIVERT, Filters, Verdict
 from bridge.pipeline.ledger import Admission, Ledger, LruCommittedIds, swap_refused
@@ -169,7 +169,7 @@ class Pipeline:
         """Take a delivery; waits while the pipeline is full. Never confirms by itself
         except for a message already committed (a redelivery)."""
         msg = delivery.message
-        key = (msg.source, msg.message_id)
+        key = stream_key(msg)
         ledger = self._ledger
         while True:
             held = ledger.holding(key)

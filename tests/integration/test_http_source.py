@@ -81,16 +81,21 @@ class CallWatch:
         self.running = 0
         self.max_running = 0
         self.consume_starts: list[float] = []
-        call: Callable[[str, Mapping[str, str]], Awaitable[dict[str, Any]]] = source.top.call
+        #: retry_stale of each consume call (never True).
+        self.retry_stale: list[bool] = []
+        call: Callable[..., Awaitable[dict[str, Any]]] = source.top.call
 
-        async def watched(method: str, params: Mapping[str, str]) -> dict[str, Any]:
+        async def watched(
+            method: str, params: Mapping[str, str], *, retry_stale: bool = False
+        ) -> dict[str, Any]:
             if method != "taobao.tmc.messages.consume":
-                return await call(method, params)
+                return await call(method, params, retry_stale=retry_stale)
+            self.retry_stale.append(retry_stale)
             self.running += 1
             self.max_running = max(self.max_running, self.running)
             self.consume_starts.append(time.monotonic())
             try:
-                return await call(method, params)
+                return await call(method, params, retry_stale=retry_stale)
             finally:
                 self.running -= 1
 
@@ -110,10 +115,15 @@ async def test_end_to_end_over_http_exactly_once_with_ids_above_2_53(
         assert min(ids) > 2**53  # the simulator's ids are clock-based, 19 digits
         cfg = http_config(sim, kafka.bootstrap, topics, quantity=200)
         async with running_bridge(cfg) as bridge:
-            watch = CallWatch(http_source(bridge))
+            source = http_source(bridge)
+            watch = CallWatch(source)
             await wait_for(lambda: sim.stats.confirmed == 2000, 90, "all confirmed")
             assert bridge.pipeline.stats.committed == 2000
             assert bridge.problems() == [] or all("tmc_http" not in p for p in bridge.problems())
+            # The gateway says Connection: close, so no call meets a closed keep-alive
+            # connection: nothing failed, nothing was sent a second time.
+            assert (source.failed_calls, source.top.stale_retries) == (0, 0)
+            assert watch.retry_stale and not any(watch.retry_stale)
         assert sim.stats.unknown_confirms == 0  # every id went back exact
         assert sim.stats.duplicate_confirms == 0
         assert sim.stats.outstanding == 0
@@ -136,9 +146,10 @@ async def test_a_wrong_secret_is_a_clear_readyz_reason_and_nothing_is_consumed(
             problem = source.problem()
             assert problem is not None
             assert "Invalid signature" in problem
-            assert "app_secret" in problem
+            assert "source.tmc_http.app_secret" in problem
+            assert "source.tmc.app_secret" not in problem
             assert "not-the-secret" not in problem
-            assert any("app_secret" in p for p in bridge.problems())
+            assert any("source.tmc_http.app_secret" in p for p in bridge.problems())
         assert sim.stats.pushes == 0
         assert sim.stats.confirmed == 0
 

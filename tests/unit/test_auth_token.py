@@ -148,6 +148,61 @@ async def test_a_refused_call_is_an_auth_token_error_with_a_hint_and_no_secret()
     assert isinstance(exc, LoginError)  # a failed login, handled like a refused one
     assert "code 25" in str(exc) and exc.hint is not None and "app_secret" in exc.hint
     assert SECRET not in str(exc) and "the-real-secret" not in str(exc)
+    # The keys of the WebSocket source's section, whose auth token this is.
+    assert "source.tmc.app_secret" in exc.hint and "source.tmc.app_secret" in str(exc)
+
+
+async def test_a_refused_token_call_names_source_tmc_api_url() -> None:
+    def unknown_method(request: httpx.Request) -> httpx.Response:
+        envelope = {"code": 22, "msg": "Invalid method", "sub_code": "isv.invalid-method"}
+        return httpx.Response(200, json={"error_response": envelope})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(unknown_method)) as http:
+        source = AuthTokenSource("http://gw.test/router/rest", KEY, SECRET, client=http)
+        with pytest.raises(AuthTokenError) as caught:
+            await source.fetch("default")
+    assert caught.value.hint is not None and "source.tmc.api_url" in caught.value.hint
+    assert "source.tmc.api_url" in str(caught.value)
+    assert "source.tmc_http" not in str(caught.value) + caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"token": "tok-FRAGMENT-0123456789"},
+        ["tok-FRAGMENT-0123456789"],
+        1234567890123456789,
+        None,
+        "   ",
+    ],
+)
+async def test_a_result_that_is_no_token_is_named_by_its_type_only(result: object) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"tmc_auth_get_response": {"result": result}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        source = AuthTokenSource("http://gw.test/router/rest", KEY, SECRET, client=http)
+        with pytest.raises(AuthTokenError, match="no token") as caught:
+            await source.fetch("default")
+    text = str(caught.value)
+    assert type(result).__name__ in text
+    assert "FRAGMENT" not in text and "1234567890" not in text and "'" not in text
+
+
+async def test_a_token_call_on_a_closed_keep_alive_connection_is_sent_again() -> None:
+    sent = 0
+
+    def stale_then_token(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        if sent == 1:
+            raise httpx.RemoteProtocolError("Server disconnected", request=request)
+        return httpx.Response(200, json={"tmc_auth_get_response": {"result": "tok"}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(stale_then_token)) as http:
+        source = AuthTokenSource("http://gw.test/router/rest", KEY, SECRET, client=http)
+        assert await source.fetch("default") == "tok"
+    assert sent == 2
 
 
 async def test_no_answer_and_an_empty_token_are_auth_token_errors() -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from bridge import config as cfgmod
 from bridge.app import step_back
 from bridge.config_fields import group_name_problem
-from bridge.model import SourceMessage
+from bridge.dedup import marker
+from bridge.model import SourceMessage, stream_key
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.routing import Router
 
@@ -66,17 +67,37 @@ def test_groups_list_their_connections_and_default_to_the_common_count() -> None
         _doc({"connections": 2, "groups": [{"name": "default"}, {"name": "vip", "connections": 3}]})
     )
     assert cfg.source.tmc.group_connections() == [("default", 2), ("vip", 3)]
-    assert cfg.source_kind.namespace(cfg.source.selected) == "tmc/12345678"
     assert "groups=defaultx2,vipx3" in cfg.source_kind.summary(cfg.source.selected)
 
 
-def test_one_group_keeps_its_namespace() -> None:
-    """A committed-ids store written by one group stays valid: the namespace of one group,
-    given as group or as a one-entry groups, is unchanged."""
-    one = cfgmod.parse(_doc({"group": "vip"}))
-    listed = cfgmod.parse(_doc({"groups": [{"name": "vip"}]}))
-    for cfg in (one, listed):
-        assert cfg.source_kind.namespace(cfg.source.selected) == "tmc/12345678/vip"
+@pytest.mark.parametrize("tmc", [{}, {"group": "vip"}, {"groups": [{"name": "a"}, {"name": "b"}]}])
+def test_each_group_is_a_stream_with_the_marker_key_one_group_always_had(
+    tmc: dict[str, Any],
+) -> None:
+    """The committed ids of a group are kept under tmc/<app_key>/<group>|tmc, whether the
+    bridge reads one group or several (and whatever the source, WebSocket or HTTP): a
+    store written by a one-group bridge stays valid when groups are added."""
+    cfg = cfgmod.parse(_doc(tmc))
+    namespace = cfg.source_kind.namespace(cfg.source.selected)
+    assert namespace == "tmc/12345678"
+    for group in cfg.source.tmc.group_names():
+        key = stream_key(SourceMessage("tmc", 5, "t", b"", group=group))
+        assert key == (f"tmc@{group}", 5)
+        found = marker.scope(namespace, key[0])
+        assert found == f"tmc/12345678/{group}|tmc"
+        assert marker.source_of(namespace, found) == key[0]
+
+
+@given(
+    st.text(min_size=1, max_size=40),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/", min_size=1, max_size=20),
+    st.sampled_from(["tmc", "ons"]),
+)
+def test_a_marker_scope_reads_back_as_its_stream(group: str, namespace: str, source: str) -> None:
+    for stream in (source, f"{source}@{group}"):
+        assert marker.source_of(namespace, marker.scope(namespace, stream)) == stream
+    # Another namespace's keys are not ours (a longer app key, another group's bridge).
+    assert marker.source_of(namespace, marker.scope(namespace + "9", f"{source}@{group}")) is None
 
 
 def _msg(topic: str, group: str | None) -> SourceMessage:

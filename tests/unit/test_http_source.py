@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
@@ -352,54 +353,213 @@ async def test_an_empty_consume_waits_at_least_a_second() -> None:
     assert source.problem() is None
 
 
-async def test_consume_calls_never_overlap() -> None:
+def watch_consumes(source: TmcHttpSource) -> list[float]:
+    """When each consume call began, as the source makes it (before any I/O)."""
+    starts: list[float] = []
+    call = source.top.call
+
+    async def watched(
+        method: str, params: Mapping[str, str], *, retry_stale: bool = False
+    ) -> dict[str, Any]:
+        if method == "taobao.tmc.messages.consume":
+            starts.append(time.monotonic())
+        return await call(method, params, retry_stale=retry_stale)
+
+    source.top.call = watched  # type: ignore[method-assign]
+    return starts
+
+
+async def test_consume_calls_never_overlap_and_none_begins_while_paused() -> None:
     gateway = Gateway()
     gateway.delay_s = 0.02
     gateway.publish(1000)
-    pause_points = 0
 
     async def slow(delivery: Delivery) -> None:
         await asyncio.sleep(0)
         delivery.acks[0].confirm()
 
-    source = TmcHttpSource(config(quantity=10), slow, metrics=Metrics(), client=gateway.client())
+    source = TmcHttpSource(
+        config(quantity=10, server_confirm_timeout_s=0),
+        slow,
+        metrics=Metrics(),
+        client=gateway.client(),
+    )
+    starts = watch_consumes(source)
+    paused: list[tuple[float, float]] = []
     source.start()
     try:
-        # Pause and resume over and over: a resume must never start a second loop.
-        for _ in range(30):
+        # Pause and resume over and over, the loop running while paused: it must see the
+        # pause, and a resume must never start a second loop.
+        for _ in range(20):
+            await asyncio.sleep(0.01)
             source.pause("sink down")
+            began = time.monotonic()
+            await asyncio.sleep(0.04)
+            paused.append((began, time.monotonic()))
             source.resume()
-            pause_points += 1
-            await asyncio.sleep(0.005)
         await wait_for(lambda: not gateway.queue, timeout_s=10)
     finally:
         await source.close()
     assert gateway.max_running == 1
-    assert pause_points == 30
+    assert len(starts) > 20
+    assert [t for t in starts for began, ended in paused if began <= t <= ended] == []
 
 
-async def test_pause_stops_consuming_but_confirms_still_go_out() -> None:
+async def test_pause_stops_consuming_confirms_go_out_and_resume_waits_for_the_hold() -> None:
+    """Paused: no consume call however long, the confirms due still go out. Resumed with
+    messages left unconfirmed: no consume before TMC's confirm timeout has passed since
+    the call that handed them out (TMC puts them back, in order, only then)."""
     gateway = Gateway()
-    gateway.publish(30)
+    gateway.publish(10)
+    held: list[Delivery] = []
+    with capture_logs() as logs:
+        source = TmcHttpSource(
+            config(quantity=10, server_confirm_timeout_s=3.0),
+            Collect(held.append),
+            metrics=Metrics(),
+            client=gateway.client(),
+        )
+        starts = watch_consumes(source)
+        source.start()
+        try:
+            # The second call came back empty: the loop is in its idle back-off (<= 1.5 s).
+            await wait_for(lambda: len(held) == 10 and len(starts) == 2)
+            source.pause("sink unreachable")
+            assert source.problem() == "tmc_http paused: sink unreachable"
+            for delivery in held[:6]:
+                delivery.acks[0].confirm()
+            await wait_for(lambda: sum(map(len, gateway.confirmed)) == 6)
+            await asyncio.sleep(1.8)  # past the idle back-off: only the pause holds it
+            assert len(starts) == 2
+            source.resume()  # 4 messages were never confirmed (the pipeline gave them up)
+            assert any("held" in note for note in source.notes())
+            await wait_for(lambda: len(starts) == 3, timeout_s=5)
+        finally:
+            await source.close()
+    assert [i for batch in gateway.confirmed for i in batch] == [
+        d.message.message_id for d in held[:6]
+    ]
+    assert starts[2] >= starts[0] + 3.0
+    assert source.holds == 1
+    holds = [e for e in logs if e["event"].startswith("tmc_http consume held back")]
+    assert len(holds) == 1
+    assert holds[0]["log_level"] == "info"
+
+
+async def test_a_resume_after_everything_was_confirmed_consumes_at_once() -> None:
+    gateway = Gateway()
+    gateway.publish(10)
     held: list[Delivery] = []
     source = TmcHttpSource(
-        config(quantity=10), Collect(held.append), metrics=Metrics(), client=gateway.client()
+        config(quantity=10, server_confirm_timeout_s=60),
+        Collect(held.append),
+        metrics=Metrics(),
+        client=gateway.client(),
+    )
+    starts = watch_consumes(source)
+    source.start()
+    try:
+        await wait_for(lambda: len(held) == 10 and len(starts) == 2)
+        source.pause("sink unreachable")
+        for delivery in held:
+            delivery.acks[0].confirm()
+        await wait_for(lambda: sum(map(len, gateway.confirmed)) == 10)
+        await asyncio.sleep(1.6)  # past the idle back-off
+        source.resume()
+        resumed = time.monotonic()
+        assert not any("held" in note for note in source.notes())
+        await wait_for(lambda: len(starts) == 3, timeout_s=1)
+    finally:
+        await source.close()
+    assert starts[2] - resumed < 0.5
+    assert source.holds == 0
+
+
+async def test_the_rest_of_a_batch_not_handed_on_holds_the_next_consume() -> None:
+    gateway = Gateway()
+    gateway.publish(10)
+    got: list[Delivery] = []
+    source: TmcHttpSource
+
+    async def submit(delivery: Delivery) -> None:
+        got.append(delivery)
+        delivery.acks[0].confirm()
+        if len(got) == 3:
+            source.pause("sink unreachable")
+
+    source = TmcHttpSource(
+        config(quantity=10, server_confirm_timeout_s=1.5),
+        submit,
+        metrics=Metrics(),
+        client=gateway.client(),
+    )
+    starts = watch_consumes(source)
+    source.start()
+    try:
+        await wait_for(lambda: source.left_for_redelivery == 7)
+        await wait_for(lambda: sum(map(len, gateway.confirmed)) == 3)
+        await asyncio.sleep(0.2)
+        source.resume()
+        await wait_for(lambda: len(starts) == 2, timeout_s=5)
+    finally:
+        await source.close()
+    assert starts[1] >= starts[0] + 1.5
+    assert source.holds == 1
+
+
+async def test_a_confirm_given_up_holds_the_consume_after_a_resume() -> None:
+    gateway = Gateway()
+    gateway.publish(10)
+    gateway.confirm_failures = 1000
+    source = TmcHttpSource(
+        config(quantity=10, confirm_attempts=1, server_confirm_timeout_s=60),
+        Collect(),
+        metrics=Metrics(),
+        client=gateway.client(),
     )
     source.start()
     try:
-        await wait_for(lambda: len(held) >= 10)
+        await wait_for(lambda: source.confirms_dropped == 10)
         source.pause("sink unreachable")
-        assert source.problem() == "tmc_http paused: sink unreachable"
-        calls = len(gateway.consume_times)
-        for delivery in held:
-            delivery.acks[0].confirm()
-        await wait_for(lambda: sum(map(len, gateway.confirmed)) == len(held))
-        await asyncio.sleep(0.2)
-        assert len(gateway.consume_times) == calls
+        await asyncio.sleep(0.05)
         source.resume()
-        await wait_for(lambda: len(gateway.consume_times) > calls)
+        assert any("held" in note for note in source.notes())
     finally:
         await source.close()
+
+
+async def test_a_stale_connection_retries_the_confirm_and_never_the_consume() -> None:
+    """A consume that fails as a closed keep-alive connection fails may have reached the
+    gateway: it takes the error back-off instead of going out again at once."""
+    gateway = Gateway()
+    published = gateway.publish(20)
+    broken = {"taobao.tmc.messages.consume": 1, "taobao.tmc.messages.confirm": 1}
+    calls: list[str] = []
+
+    async def flaky(request: httpx.Request) -> httpx.Response:
+        method = dict(parse_qsl(request.url.query.decode()))["method"]
+        calls.append(method)
+        if broken.get(method):
+            broken[method] -= 1
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            )
+        return await gateway.handle(request)
+
+    source = TmcHttpSource(
+        config(),
+        Collect(),
+        metrics=Metrics(),
+        client=httpx.AsyncClient(transport=httpx.MockTransport(flaky)),
+    )
+    source.start()
+    try:
+        await wait_for(lambda: sum(map(len, gateway.confirmed)) == 20)
+    finally:
+        await source.close()
+    assert sorted(i for batch in gateway.confirmed for i in batch) == published
+    assert source.top.stale_retries == 1  # the confirm, at once
+    assert source.failed_calls == 1  # the consume: a failed call, backed off
 
 
 async def test_a_wrong_secret_shows_in_problem_and_the_source_keeps_trying() -> None:
@@ -458,9 +618,10 @@ async def test_acks_expire_after_max_hold_and_fail_sends_nothing() -> None:
     assert source.failed == 1
 
 
-async def test_a_closed_keep_alive_connection_is_retried_once_then_reported() -> None:
+async def test_a_closed_keep_alive_connection_is_retried_once_when_asked_then_reported() -> None:
     """A pooled connection the gateway had just closed fails the call before any answer:
-    sent once more at once; a second such failure is a transport error."""
+    a call made with ``retry_stale=True`` is sent once more at once; a second such
+    failure is a transport error. Without it (a consume), the failure is reported."""
     calls = 0
 
     def flaky(request: httpx.Request) -> httpx.Response:
@@ -473,7 +634,8 @@ async def test_a_closed_keep_alive_connection_is_retried_once_then_reported() ->
     top = TopClient(
         URL, APP_KEY, SECRET, client=httpx.AsyncClient(transport=httpx.MockTransport(flaky))
     )
-    assert await top.call("taobao.tmc.messages.confirm", {"s_message_ids": "1"}) == {
+    confirm = {"s_message_ids": "1"}
+    assert await top.call("taobao.tmc.messages.confirm", confirm, retry_stale=True) == {
         "is_success": True
     }
     assert (calls, top.stale_retries) == (2, 1)
@@ -485,5 +647,74 @@ async def test_a_closed_keep_alive_connection_is_retried_once_then_reported() ->
         URL, APP_KEY, SECRET, client=httpx.AsyncClient(transport=httpx.MockTransport(dead))
     )
     with pytest.raises(TopTransportError, match="ReadError"):
-        await top.call("taobao.tmc.messages.confirm", {"s_message_ids": "1"})
+        await top.call("taobao.tmc.messages.confirm", confirm, retry_stale=True)
     assert top.stale_retries == 1
+
+
+@pytest.mark.parametrize("error", [httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError])
+async def test_a_consume_is_never_sent_twice(error: type[httpx.TransportError]) -> None:
+    sent = 0
+
+    def lost_answer(request: httpx.Request) -> httpx.Response:
+        nonlocal sent
+        sent += 1
+        raise error("Server disconnected without sending a response.", request=request)
+
+    top = TopClient(
+        URL, APP_KEY, SECRET, client=httpx.AsyncClient(transport=httpx.MockTransport(lost_answer))
+    )
+    with pytest.raises(TopTransportError, match=error.__name__):
+        await top.call("taobao.tmc.messages.consume", {"quantity": "10"})
+    assert (sent, top.stale_retries) == (1, 0)
+
+
+# -- hints name the keys of this source's section -----------------------------------------
+
+
+def _http_top(handler: Callable[[httpx.Request], httpx.Response]) -> TopClient:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return TopClient(
+        URL, APP_KEY, SECRET, client=client, config_section="source.tmc_http", url_key="url"
+    )
+
+
+@pytest.mark.parametrize(
+    ("envelope", "key"),
+    [
+        ({"code": 25, "msg": "Invalid signature"}, "source.tmc_http.app_secret"),
+        ({"code": 29, "msg": "Invalid app key"}, "source.tmc_http.app_key"),
+        ({"code": 1, "msg": "group not exist"}, "source.tmc_http.group"),
+        ({"code": 22, "msg": "Invalid method"}, "source.tmc_http.url"),
+        (
+            {"code": 1, "msg": "no such thing", "sub_code": "isv.group-mismatch"},
+            "source.tmc_http.group",
+        ),
+    ],
+)
+async def test_http_source_errors_name_its_own_keys(envelope: dict[str, Any], key: str) -> None:
+    top = _http_top(lambda _r: Gateway.reply({"error_response": envelope}))
+    with pytest.raises(TopCallError) as caught:
+        await top.call("taobao.tmc.messages.consume", {})
+    text = str(caught.value)
+    assert key in text
+    assert "source.tmc." not in text  # never the WebSocket source's keys
+
+
+async def test_http_source_transport_errors_name_its_url() -> None:
+    top = _http_top(lambda _r: httpx.Response(404, text="not here"))
+    with pytest.raises(TopTransportError, match=r"check source\.tmc_http\.url"):
+        await top.call("taobao.tmc.messages.consume", {})
+
+
+async def test_the_http_source_says_which_of_its_keys_to_check() -> None:
+    gateway = Gateway(secret="the-real-one")
+    source = TmcHttpSource(config(), Collect(), metrics=Metrics(), client=gateway.client())
+    source.start()
+    try:
+        await wait_for(lambda: source.consume_calls >= 1 and source.failed_calls >= 1)
+    finally:
+        await source.close()
+    problem = source.problem()
+    assert problem is not None
+    assert "source.tmc_http.app_secret" in problem
+    assert "source.tmc.app_secret" not in problem

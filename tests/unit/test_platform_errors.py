@@ -86,3 +86,56 @@ def test_top_call_errors_carry_the_hint() -> None:
 def test_a_login_refusal_phrase_maps_like_the_console_error() -> None:
     exc = LoginError(1, "the app do not enable messaging-channel feature")
     assert hint(exc.status_code, None, exc.status_phrase) == SWITCH_OFF
+
+
+# -- each source's hints name its own keys -------------------------------------------------
+
+#: (code, sub_code, message, the key of each source: WebSocket, HTTP API, auth token).
+_KEYED = [
+    (25, None, "Invalid signature", "source.tmc.app_secret", "source.tmc_http.app_secret"),
+    (29, None, "Invalid app key", "source.tmc.app_key", "source.tmc_http.app_key"),
+    (1, None, "group not exist", "source.tmc.group", "source.tmc_http.group"),
+    (22, "isv.invalid-method", "Invalid method", "source.tmc.api_url", "source.tmc_http.url"),
+]
+
+
+@pytest.mark.parametrize(("code", "sub_code", "message", "ws_key", "http_key"), _KEYED)
+def test_hints_name_the_keys_of_the_source_that_made_the_call(
+    code: int, sub_code: str | None, message: str, ws_key: str, http_key: str
+) -> None:
+    # The WebSocket login (and the auth token, whose gateway is source.tmc.api_url).
+    ws = hint(code, sub_code, message)
+    assert ws is not None and ws_key in ws
+    assert hint(code, sub_code, message, section="source.tmc", url_key="api_url") == ws
+    # The HTTP API source: its own section, and its gateway is source.tmc_http.url.
+    http = hint(code, sub_code, message, section="source.tmc_http", url_key="url")
+    assert http is not None and http_key in http
+    assert "source.tmc." not in http
+    assert "{" not in http and "{" not in ws
+
+
+@pytest.mark.parametrize(("code", "sub_code", "message", "ws_key", "http_key"), _KEYED)
+def test_top_call_errors_name_the_keys_of_their_section(
+    code: int, sub_code: str | None, message: str, ws_key: str, http_key: str
+) -> None:
+    method = "taobao.tmc.messages.consume"
+    http = TopCallError(
+        method, code, message, sub_code, config_section="source.tmc_http", url_key="url"
+    )
+    assert http_key in str(http) and "source.tmc." not in str(http)
+    assert http.hint() is not None and http_key in http.hint()  # type: ignore[operator]
+    ws = TopCallError(method, code, message, sub_code)
+    assert ws_key in str(ws)
+
+
+def test_the_fallback_hints_name_the_section_too() -> None:
+    # Not in the platform table: the TOP client's own rules, with the same keys.
+    exc = TopCallError(
+        "taobao.tmc.messages.consume",
+        1,
+        "odd",
+        "isv.group-mismatch",
+        config_section="source.tmc_http",
+        url_key="url",
+    )
+    assert "check source.tmc_http.group" in str(exc)

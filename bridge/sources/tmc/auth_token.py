@@ -33,6 +33,9 @@ SignMethod = Literal["md5", "hmac", "hmac-sha256"]
 #: The production message channel's host: ``auto`` fetches tokens for it alone.
 PRODUCTION_HOST: Final = "mc.api.taobao.com"
 METHOD: Final = "taobao.tmc.auth.get"
+#: The config keys a failed call's hint names: the token comes from ``source.tmc.api_url``.
+SECTION: Final = "source.tmc"
+URL_KEY: Final = "api_url"
 
 
 def auth_token_enabled(mode: str, url: str) -> bool:
@@ -116,24 +119,36 @@ class AuthTokenSource:
             sign_method=self.sign_method,
             timeout_s=self.timeout_s,
             client=self._client,
+            config_section=SECTION,
+            url_key=URL_KEY,
         )
         try:
-            body = await client.call(METHOD, {"group": group})
+            # Idempotent (a second token is as good as the first): safe to send again
+            # after a stale keep-alive connection.
+            body = await client.call(METHOD, {"group": group}, retry_stale=True)
         except TopCallError as exc:
-            raise AuthTokenError(
-                str(exc),
-                hint=platform_errors.hint(exc.code, exc.sub_code, _joined(exc.msg, exc.sub_msg)),
-            ) from None
+            advice = platform_errors.hint(
+                exc.code,
+                exc.sub_code,
+                _joined(exc.msg, exc.sub_msg),
+                section=SECTION,
+                url_key=URL_KEY,
+            )
+            raise AuthTokenError(str(exc), hint=advice) from None
         except TopTransportError as exc:
             raise AuthTokenError(
                 f"{public_url(self.api_url)} did not answer: {exc}",
-                hint="check that source.tmc.api_url is reachable from this host",
+                hint=f"check that {SECTION}.{URL_KEY} is reachable from this host",
             ) from None
         finally:
             await client.aclose()
         token = body.get("result") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token.strip():
-            raise AuthTokenError(f"the response holds no token (result={token!r:.60})")
+            # Only its type: whatever the gateway put there may be (part of) a token.
+            raise AuthTokenError(
+                f"the response holds no token (result: {type(token).__name__}"
+                f"{', blank' if isinstance(token, str) else ''})"
+            )
         return token
 
 

@@ -93,6 +93,10 @@ class _Ack:
         )
 
 
+class _SteppedBack(Exception):
+    """A login abandoned half-way because the bridge stepped back meanwhile."""
+
+
 class _Connection:
     def __init__(
         self,
@@ -137,6 +141,9 @@ class _Connection:
         self._auth_token = AuthTokenSource.for_config(config, secret)
         #: Stepped back (see :meth:`pause`): no login until :meth:`resume`.
         self.paused = False
+        #: A pause ended (or will end) the current socket: the run loop must stay out
+        #: (and hold back) before the next login, even if a resume came meanwhile.
+        self._stepped_back = False
         self._resumed = asyncio.Event()
         #: Pushes taken and confirms sent on the current login, and when the last push
         #: came: after stepping back with pushes unconfirmed, the next login waits for
@@ -174,14 +181,17 @@ class _Connection:
     async def run(self) -> None:
         delays = self._backoff.delays()
         while not self._stop.is_set():
-            if self.paused:
+            if self.paused or self._stepped_back:
                 # Stepped back (also when it came during a back-off wait): no login.
+                self._stepped_back = False
                 await self._stay_out()
                 delays = self._backoff.delays()
                 continue
             generation = self.generation
             try:
                 await self._session_once()
+            except _SteppedBack:
+                self._log.info("tmc login abandoned: stepping back")
             except LoginError as exc:
                 # What to do about it, in the console's terms, in the log and /readyz.
                 if isinstance(exc, AuthTokenError):
@@ -201,7 +211,7 @@ class _Connection:
                 self.last_error = f"login failed: {exc}"
                 self._log.error("tmc login failed, resetting connection", error=str(exc))
             except ConnectionClosed as exc:
-                if self._stop.is_set() or self.paused:
+                if self._stop.is_set() or self._stepped_back:
                     self._log.info(
                         "tmc connection closed",
                         confirms_sent=self.confirms_sent,
@@ -227,7 +237,7 @@ class _Connection:
                 self.session.lost()
             if self._stop.is_set():
                 break
-            if self.paused:
+            if self.paused or self._stepped_back:
                 continue
             self._metrics.reconnect("tmc", self.index, self.group)
             # A login went through on that socket (the generation counts logins): it
@@ -247,6 +257,8 @@ class _Connection:
         cfg = self._config
         # A fresh auth token for every login (AuthTokenError, a LoginError, if none).
         token = None if self._auth_token is None else await self._auth_token.fetch(self.group)
+        if self._stepped_back:
+            raise _SteppedBack
         self._log.info("tmc connecting", url=public_url(cfg.url), auth_token=token is not None)
         async with connect(
             cfg.url,
@@ -261,6 +273,9 @@ class _Connection:
             user_agent_header=None,
         ) as ws:
             self._ws = ws
+            if self._stepped_back:
+                # A pause during the handshake found no socket to close.
+                raise _SteppedBack
             # The official client tells the server its own address (intranet_ip): the
             # socket's local end.
             local = ws.local_address
@@ -275,6 +290,8 @@ class _Connection:
                 raise ProtocolError(f"unexpected first reply {event!r}")
             self.generation += 1
             self._outbox = asyncio.Queue()
+            # Taking pushes again (a pause or a drain stopped it on the previous socket).
+            self._reading = not self._stop.is_set()
             self._set_online(True)
             self.last_error = None
             self._log.info("tmc logged in", flag=self.generation)
@@ -311,7 +328,7 @@ class _Connection:
         """Log out: take no more pushes, let the confirms already due out, close."""
         if self.paused:
             return
-        self.paused = True
+        self.paused = self._stepped_back = True
         self._resumed.clear()
         self._reading = False
         self._logged_out_at = time.monotonic()
@@ -331,8 +348,9 @@ class _Connection:
     def resume(self) -> None:
         if not self.paused:
             return
+        # Pushes are taken again only on the next login (_session_once): the socket the
+        # pause closes may still be open.
         self.paused = False
-        self._reading = True
         self._resumed.set()
 
     async def _stay_out(self) -> None:
@@ -464,6 +482,9 @@ class _Connection:
     async def close(self) -> None:
         self._stop.set()
         self._reading = False
+        if self._closing is not None:
+            # A step-back close under way: let it finish, not close the socket twice.
+            await asyncio.gather(self._closing, return_exceptions=True)
         await self._close_socket("tmc client closed")
 
     async def _close_socket(self, reason: str) -> None:

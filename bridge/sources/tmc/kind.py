@@ -26,15 +26,6 @@ def _check(config: TmcSourceConfig) -> None:
     config.secret()  # the secret file must be readable
 
 
-def _namespace(config: TmcSourceConfig) -> str:
-    """Message ids are unique per app key. One group keeps the name it always had (a
-    store written before groups existed still matches); several share the app's."""
-    groups = config.group_names()
-    if len(groups) == 1:
-        return f"tmc/{config.app_key}/{groups[0]}"
-    return f"tmc/{config.app_key}"
-
-
 def _summary(config: TmcSourceConfig) -> str:
     groups = ",".join(f"{g}x{n}" for g, n in config.group_connections())
     return f"tmc {public_url(config.url)} app_key={config.app_key} groups={groups}"
@@ -46,7 +37,8 @@ KIND = SourceKind(
     build=_build,
     summary=_summary,
     log_fields=lambda c: {"groups": dict(c.group_connections())},
-    namespace=_namespace,
+    # Each group is a stream of its own under it: marker keys tmc/<app_key>/<group>|tmc.
+    namespace=lambda c: f"tmc/{c.app_key}",
     check=_check,
     groups=lambda c: c.group_names(),
 )

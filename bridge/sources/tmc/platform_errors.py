@@ -6,6 +6,13 @@ CONNECTACK StatusCode, a TOP ``sub_code``, and a message: the ``msg``/``sub_msg`
 error or the StatusPhrase of a refused CONNECT) and returns one sentence, or None when the
 error is not one it knows.
 
+The config keys a hint names depend on where the error came from: ``section`` is the
+config section of the source that made the call (``source.tmc`` for a WebSocket login
+and its auth token, ``source.tmc_http`` for the HTTP API source), ``url_key`` the key
+under it that holds the gateway's URL (``api_url`` for the auth token's gateway, ``url``
+for the HTTP API source). Hints about what only the WebSocket source has (connections,
+reconnects, the auth token) always name ``source.tmc``.
+
 Matching, first hit wins: the ``sub_code`` exactly (the most specific), then known phrases
 in the message or the sub_code, then the numeric TOP ``code``. Phrases come before codes
 because a CONNECTACK's StatusCode is not a TOP code: its phrase says more. The real TMC
@@ -21,6 +28,8 @@ from typing import Final
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
+    #: The advice; ``{section}`` and ``{url}`` stand for the config section and the
+    #: full key of the gateway URL (see :func:`hint`).
     hint: str
     #: TOP error codes (``code``), exact.
     codes: frozenset[int] = frozenset()
@@ -77,14 +86,14 @@ _RULES: Final[tuple[_Rule, ...]] = (
         ),
     ),
     _Rule(
-        "the signature does not match: check source.tmc.app_secret (the App Secret of this "
+        "the signature does not match: check {section}.app_secret (the App Secret of this "
         "app key in the console; resetting it there invalidates the old one)",
         codes=frozenset({24, 25}),
         sub_codes=("isv.invalid-signature", "isv.missing-signature"),
         phrases=("invalid sign", "sign does not match", "sign error", "signature"),
     ),
     _Rule(
-        "the platform does not know this app key: check source.tmc.app_key (the App Key "
+        "the platform does not know this app key: check {section}.app_key (the App Key "
         "shown in the console) and that the app is online, not suspended",
         codes=frozenset({28, 29}),
         sub_codes=("isv.appkey-not-exists", "isv.invalid-app-key", "isv.app-not-exist"),
@@ -99,7 +108,7 @@ _RULES: Final[tuple[_Rule, ...]] = (
         ),
     ),
     _Rule(
-        "the group is not usable: check source.tmc.group against the groups of this app in "
+        "the group is not usable: check {section}.group against the groups of this app in "
         "the console (taobao.tmc.groups.get); `default` always exists, others are created "
         "with taobao.tmc.group.add",
         sub_codes=("isv.group-not-exist", "isv.group-not-exists", "isv.invalid-group"),
@@ -145,8 +154,7 @@ _RULES: Final[tuple[_Rule, ...]] = (
         phrases=("insufficient isv permission", "no permission", "permission denied"),
     ),
     _Rule(
-        "the gateway does not know this API: check that source.tmc.api_url is a TOP "
-        "gateway (…/router/rest)",
+        "the gateway does not know this API: check that {url} is a TOP gateway (…/router/rest)",
         codes=frozenset({21, 22}),
         sub_codes=("isv.invalid-method",),
         phrases=("invalid method",),
@@ -164,13 +172,29 @@ def _sub_code_matches(patterns: tuple[str, ...], sub_code: str) -> bool:
     return any(sub_code.startswith(p[:-1]) if p.endswith("*") else sub_code == p for p in patterns)
 
 
-def hint(code: int | str | None, sub_code: str | None, message: str | None) -> str | None:
+def hint(
+    code: int | str | None,
+    sub_code: str | None,
+    message: str | None,
+    *,
+    section: str = "source.tmc",
+    url_key: str = "api_url",
+) -> str | None:
     """What to do about a platform error, or None when it is not a known one.
 
     ``code``: a TOP error code or a CONNECTACK StatusCode (an int, or its text); a code
     that is not a number (``"isv.tmc-switch-off"``) is taken as a sub code. ``message``:
-    the error's text (TOP ``msg`` and ``sub_msg``, or a StatusPhrase).
+    the error's text (TOP ``msg`` and ``sub_msg``, or a StatusPhrase). ``section``: the
+    config section whose keys the hint names (``source.tmc``, ``source.tmc_http``);
+    ``url_key``: its key holding the gateway's URL (``api_url``, ``url``).
     """
+    rule = _match(code, sub_code, message)
+    if rule is None:
+        return None
+    return rule.hint.replace("{section}", section).replace("{url}", f"{section}.{url_key}")
+
+
+def _match(code: int | str | None, sub_code: str | None, message: str | None) -> _Rule | None:
     number: int | None = None
     subs = [s.strip().lower() for s in (sub_code,) if s]
     if isinstance(code, int) and not isinstance(code, bool):
@@ -184,16 +208,16 @@ def hint(code: int | str | None, sub_code: str | None, message: str | None) -> s
     for sub in subs:
         for rule in _RULES:
             if _sub_code_matches(rule.sub_codes, sub):
-                return rule.hint
+                return rule
     haystack = " ".join([*subs, (message or "").lower()])
     if haystack.strip():
         for rule in _RULES:
             if any(phrase in haystack for phrase in rule.phrases):
-                return rule.hint
+                return rule
     if number is not None:
         for rule in _RULES:
             if number in rule.codes:
-                return rule.hint
+                return rule
     return None
 
 

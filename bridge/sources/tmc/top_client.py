@@ -7,12 +7,24 @@ body of ``<api>_response``. What can go wrong comes in two kinds:
 
 * :class:`TopCallError`: the gateway answered, with an ``error_response`` envelope (or an
   answer of an unexpected shape). Its text is one line: the API, the code and sub code,
-  the gateway's message and what to check (the secret, the app key, the clock ...).
+  the gateway's message and what to check (the secret, the app key, the clock ...), named
+  as keys of the config section the client was made for (``config_section``, e.g.
+  ``source.tmc_http.app_secret``).
 * :class:`TopTransportError`: no usable answer (network error, timeout, HTTP status other
-  than 200, a body that is not a JSON object). A call that fails the way a reused
-  keep-alive connection closed by the server fails (disconnected before an answer, reset,
-  broken pipe) is sent once more at once before that: the server's keep-alive timeout is
-  not an error worth a back-off. Never two at a time: the retry follows the failure.
+  than 200, a body that is not a JSON object).
+
+A stale keep-alive connection: a call on a pooled connection the server has just closed
+(its idle timeout) fails with ``RemoteProtocolError``, ``ReadError`` or ``WriteError``.
+Only a call made with ``retry_stale=True`` is then sent once more at once (never two at a
+time: the retry follows the failure), and only idempotent calls may ask for it: a confirm
+(confirming an id twice is harmless) and ``taobao.tmc.auth.get``. httpx raises the same
+``RemoteProtocolError("Server disconnected without sending a response.")`` when the
+request *was* sent and the connection closed before the answer, so a retried consume
+could be one the gateway had already answered: that batch would be handed out to nobody
+and come back only after TMC's confirm timeout, behind newer events of the same order.
+A consume is therefore never retried here; its failure takes the caller's back-off. A
+gateway that closes connections after each answer says ``Connection: close`` (the
+simulator's does), so httpx does not reuse them and this does not happen there.
 
 The body is parsed by :func:`json.loads`, so integer literals (message ids above 2^53)
 stay exact Python ints; a float stays a float, for the caller to refuse.
@@ -46,10 +58,15 @@ _TEXT_MAX: Final = 200
 
 
 #: (gateway codes, words of sub_code or msg, what to check): the first rule that
-#: matches wins. The one place that maps gateway errors to advice (extend it here).
+#: matches wins; ``{section}`` and ``{url}`` as in :func:`platform_errors.hint`. The
+#: fallback after :mod:`~bridge.sources.tmc.platform_errors` (extend that first).
 _HINTS: Final[tuple[tuple[frozenset[int], tuple[str, ...], str], ...]] = (
-    (frozenset({25}), ("signature",), "check app_secret (and sign_method)"),
-    (frozenset({28, 29}), ("appkey", "app-key", "app key"), "check app_key"),
+    (
+        frozenset({25}),
+        ("signature",),
+        "check {section}.app_secret (and {section}.sign_method)",
+    ),
+    (frozenset({28, 29}), ("appkey", "app-key", "app key"), "check {section}.app_key"),
     (
         frozenset({30, 31}),
         ("timestamp",),
@@ -75,18 +92,25 @@ _HINTS: Final[tuple[tuple[frozenset[int], tuple[str, ...], str], ...]] = (
         ("tmc-switch-off",),
         "enable the message service for the app in the console (subscribe a topic)",
     ),
-    (frozenset(), ("group",), "check group (it must exist for this app)"),
-    (frozenset({22}), (), "check url (is it a TOP gateway?)"),
+    (frozenset(), ("group",), "check {section}.group (it must exist for this app)"),
+    (frozenset({22}), (), "check {url} (is it a TOP gateway?)"),
 )
 
 
-def _hint(code: int | None, sub_code: str | None, msg: str | None) -> str | None:
+def _hint(
+    code: int | None,
+    sub_code: str | None,
+    msg: str | None,
+    *,
+    section: str = "source.tmc",
+    url_key: str = "api_url",
+) -> str | None:
     """What an operator should check for this gateway error, or None when nothing is
     known (see :data:`_HINTS`)."""
     words = f"{sub_code or ''} {msg or ''}".lower()
     for codes, needles, hint in _HINTS:
         if code in codes or any(needle in words for needle in needles):
-            return hint
+            return hint.replace("{section}", section).replace("{url}", f"{section}.{url_key}")
     return None
 
 
@@ -98,7 +122,10 @@ def _one_line(text: str | None) -> str | None:
 
 
 class TopCallError(TmcError):
-    """The gateway answered a call with an error envelope (or an unexpected shape)."""
+    """The gateway answered a call with an error envelope (or an unexpected shape).
+
+    ``config_section`` is the config section of the source that made the call and
+    ``url_key`` its key holding the gateway's URL: the hint names those keys."""
 
     def __init__(
         self,
@@ -109,8 +136,12 @@ class TopCallError(TmcError):
         sub_msg: str | None = None,
         *,
         request_id: str | None = None,
+        config_section: str = "source.tmc",
+        url_key: str = "api_url",
     ) -> None:
         self.method = method
+        self.config_section = config_section
+        self.url_key = url_key
         self.code = code
         self.msg = _one_line(msg)
         self.sub_code = _one_line(sub_code)
@@ -122,8 +153,9 @@ class TopCallError(TmcError):
         """What to check, or None: the platform errors' table
         (:mod:`~bridge.sources.tmc.platform_errors`), else :func:`_hint`."""
         message = " ".join(t for t in (self.msg, self.sub_msg) if t)
-        known = platform_errors.hint(self.code, self.sub_code, message)
-        return known or _hint(self.code, self.sub_code, self.msg)
+        where = {"section": self.config_section, "url_key": self.url_key}
+        known = platform_errors.hint(self.code, self.sub_code, message, **where)
+        return known or _hint(self.code, self.sub_code, self.msg, **where)
 
     def describe(self) -> str:
         """One line: the API, code/sub_code, the gateway's message, what to check."""
@@ -174,16 +206,24 @@ def response_key(method: str) -> str:
     return method.removeprefix("taobao.").replace(".", "_") + "_response"
 
 
-def unwrap(method: str, body: object) -> dict[str, Any]:
+def unwrap(
+    method: str,
+    body: object,
+    *,
+    config_section: str = "source.tmc",
+    url_key: str = "api_url",
+) -> dict[str, Any]:
     """The ``<api>_response`` object of a parsed answer; raises :class:`TopCallError` for
-    an error envelope or an answer without it, :class:`TopTransportError` for a body
-    that is not a JSON object. Pure."""
+    an error envelope or an answer without it (its hint naming keys of
+    ``config_section``), :class:`TopTransportError` for a body that is not a JSON object.
+    Pure."""
+    where = {"config_section": config_section, "url_key": url_key}
     if not isinstance(body, dict):
         raise TopTransportError(method, f"the answer is not a JSON object ({type(body).__name__})")
     error = body.get("error_response")
     if error is not None:
         if not isinstance(error, dict):
-            raise TopCallError(method, None, "error_response is not an object")
+            raise TopCallError(method, None, "error_response is not an object", **where)
         request_id = error.get("request_id")
         raise TopCallError(
             method,
@@ -192,6 +232,7 @@ def unwrap(method: str, body: object) -> dict[str, Any]:
             _text(error.get("sub_code")),
             _text(error.get("sub_msg")),
             request_id=request_id if isinstance(request_id, str) else None,
+            **where,
         )
     for key in (response_key(method), method.replace(".", "_") + "_response"):
         result = body.get(key)
@@ -199,19 +240,26 @@ def unwrap(method: str, body: object) -> dict[str, Any]:
             return result
     members = ", ".join(sorted(str(k) for k in body)[:5]) or "none"
     raise TopCallError(
-        method, None, f"unexpected answer: no {response_key(method)} (members: {members})"
+        method,
+        None,
+        f"unexpected answer: no {response_key(method)} (members: {members})",
+        **where,
     )
 
 
-#: What a call on a keep-alive connection the server closed meanwhile fails with; such a
-#: call is sent once more (see :meth:`TopClient.call`).
+#: What a call on a keep-alive connection the server closed meanwhile fails with; a call
+#: made with ``retry_stale=True`` is then sent once more (see :meth:`TopClient.call`).
 _STALE_CONNECTION: Final = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class TopClient:
     """Signed calls to one TOP gateway with one app key. Not thread-safe; calls may
     overlap (the caller decides whether they should). Connections are kept alive and
-    reused between calls (httpx's pool)."""
+    reused between calls (httpx's pool).
+
+    ``config_section`` and ``url_key`` name the config keys the errors' hints point at:
+    ``source.tmc`` and ``api_url`` (the auth token's gateway, the default),
+    ``source.tmc_http`` and ``url`` (the HTTP API source)."""
 
     def __init__(
         self,
@@ -222,8 +270,12 @@ class TopClient:
         sign_method: SignMethod = "hmac-sha256",
         timeout_s: float = 10.0,
         client: httpx.AsyncClient | None = None,
+        config_section: str = "source.tmc",
+        url_key: str = "api_url",
     ) -> None:
         self.url = url
+        self.config_section = config_section
+        self.url_key = url_key
         self.app_key = app_key
         self._secret = secret
         self.sign_method: SignMethod = sign_method
@@ -241,8 +293,16 @@ class TopClient:
     def __repr__(self) -> str:  # never the secret
         return f"TopClient(app_key={self.app_key!r}, sign_method={self.sign_method!r})"
 
-    async def call(self, method: str, params: Mapping[str, str]) -> dict[str, Any]:
-        """Call ``method`` with its API ``params``; the body of ``<api>_response``."""
+    async def call(
+        self, method: str, params: Mapping[str, str], *, retry_stale: bool = False
+    ) -> dict[str, Any]:
+        """Call ``method`` with its API ``params``; the body of ``<api>_response``.
+
+        ``retry_stale``: when the call fails the way a stale keep-alive connection fails,
+        send it once more at once. Only for calls that may safely arrive twice (confirm,
+        auth.get): httpx cannot tell a request that never got out from one whose answer
+        was lost, and a consume answered twice loses its first batch until TMC's confirm
+        timeout (see the module's docstring)."""
         query = signed_params(
             method,
             self.app_key,
@@ -256,8 +316,11 @@ class TopClient:
                 response = await self._client.get(self.url, params=query, timeout=self.timeout_s)
             except _STALE_CONNECTION:
                 # Most likely a pooled keep-alive connection the server had just closed
-                # (its idle timeout): the call did not get through. Once more, at once, on
-                # a new connection; a second failure is a real one.
+                # (its idle timeout); but the call may have got through and lost only its
+                # answer. Once more, at once, on a new connection, when the caller says
+                # that is harmless; a second failure is a real one.
+                if not retry_stale:
+                    raise
                 self.stale_retries += 1
                 response = await self._client.get(self.url, params=query, timeout=self.timeout_s)
             data = response.content
@@ -271,15 +334,18 @@ class TopClient:
             raise TopTransportError(
                 method,
                 f"HTTP {response.status_code} {response.reason_phrase} "
-                "(check url: it must be the TOP gateway, e.g. .../router/rest)",
+                f"(check {self.config_section}.{self.url_key}: it must be the TOP gateway, "
+                "e.g. .../router/rest)",
             )
         try:
             body = json.loads(data)
         except (ValueError, RecursionError):
             raise TopTransportError(
-                method, f"the answer is not JSON ({len(data)} bytes; check url)"
+                method,
+                f"the answer is not JSON ({len(data)} bytes; "
+                f"check {self.config_section}.{self.url_key})",
             ) from None
-        return unwrap(method, body)
+        return unwrap(method, body, config_section=self.config_section, url_key=self.url_key)
 
     def _scrub(self, exc: BaseException, query: Mapping[str, str]) -> str:
         """``type: text`` of a transport error with anything of the request taken out."""

@@ -51,6 +51,12 @@ class TmcHttpSourceConfig(_Model):
     #: A message not committed this long after it was consumed is given up: TMC
     #: redelivers it after its confirm timeout, maybe to another replica.
     max_hold_s: Annotated[float, Field(ge=1, le=3600)] = 50.0
+    #: TMC's confirm timeout (about a minute), as ``source.tmc.server_confirm_timeout_s``.
+    #: After stepping back from a sink outage with messages consumed and not confirmed,
+    #: no consume call goes out until this has passed since the consume call that handed
+    #: out the last of them, so TMC has put them back in its queue, in order (taken
+    #: earlier, newer events of the same order would come first).
+    server_confirm_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
     @field_validator("url")
     @classmethod

@@ -1,7 +1,8 @@
 """The ``source.tmc_http`` adapter's registration: its type name, config model and factory.
 
-Its namespace is the WebSocket source's (``tmc/<app_key>/<group>``) on purpose: both read
-the same TMC stream, so the committed-ids store knows a message whichever way it came.
+Its namespace and stream are the WebSocket source's (``tmc/<app_key>``, and the group as
+the stream: marker keys ``tmc/<app_key>/<group>|tmc``) on purpose: both read the same TMC
+queue, so the committed-ids store knows a message whichever way it came.
 The implementation (and httpx) is imported inside the factory."""
 
 from __future__ import annotations
@@ -35,6 +36,6 @@ KIND = SourceKind(
         f"tmc_http {public_url(c.url)} app_key={c.app_key} group={c.group} quantity={c.quantity}"
     ),
     log_fields=lambda c: {"group": c.group, "quantity": c.quantity, "sign_method": c.sign_method},
-    namespace=lambda c: f"tmc/{c.app_key}/{c.group}",
+    namespace=lambda c: f"tmc/{c.app_key}",
     check=_check,
 )

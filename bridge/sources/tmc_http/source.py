@@ -17,7 +17,16 @@ deprecated): the message comes back after TMC's confirm timeout. ``Ack.alive()``
 False once a message was held ``max_hold_s`` since its consume call answered.
 
 **Pause.** :meth:`pause` stops the consume calls (the rest of a batch being handed on is
-not taken: it comes back); confirms keep going out. :meth:`resume` starts them again.
+not taken: it comes back); confirms keep going out. :meth:`resume` starts them again, but
+when messages consumed before or during the pause were left unconfirmed (given up by the
+pipeline, not taken, or their confirm call given up), not before TMC's confirm timeout
+(``server_confirm_timeout_s``) has passed since the consume call that handed out the last
+of them: TMC gives those out again only then, and a consume before that would take newer
+events of the same order first.
+
+**Retries.** A confirm call that fails on a stale keep-alive connection is sent once more
+at once (confirming twice is harmless); a consume call never is (its answer may have been
+lost, not its request: see :mod:`~bridge.sources.tmc.top_client`).
 """
 
 from __future__ import annotations
@@ -49,21 +58,40 @@ CONSUME: Final = "taobao.tmc.messages.consume"
 CONFIRM: Final = "taobao.tmc.messages.confirm"
 #: Label of this source in the metrics (its messages carry ``source="tmc"``).
 METRICS_SOURCE: Final = "tmc_http"
+#: The config section the errors' hints name.
+SECTION: Final = "source.tmc_http"
+
+
+class _Batch:
+    """The messages of one consume answer: when it came (TMC's confirm timeout counts
+    from then) and how many of them no confirm was queued for yet."""
+
+    __slots__ = ("at", "open")
+
+    def __init__(self, at: float, size: int) -> None:
+        self.at = at
+        self.open = size
 
 
 class _Ack:
     """Settles one consumed message: queues its id for the confirm task."""
 
-    __slots__ = ("_deadline", "_id", "_source")
+    __slots__ = ("_batch", "_deadline", "_id", "_source")
 
-    def __init__(self, source: TmcHttpSource, message_id: int, deadline: float) -> None:
+    def __init__(
+        self, source: TmcHttpSource, message_id: int, deadline: float, batch: _Batch | None = None
+    ) -> None:
         self._source, self._id, self._deadline = source, message_id, deadline
+        self._batch = batch
 
     def alive(self) -> bool:
         return time.monotonic() < self._deadline
 
     def confirm(self) -> None:
-        self._source.queue_confirm(self._id)
+        batch, self._batch = self._batch, None  # counted once, however often called
+        if batch is not None:
+            batch.open -= 1
+        self._source.queue_confirm(self._id, batch)
 
     def fail(self, reason: str) -> None:
         self._source.failed += 1  # nothing to send: TMC redelivers it
@@ -95,6 +123,8 @@ class TmcHttpSource(Source):
             sign_method=config.sign_method,
             timeout_s=config.request_timeout_s,
             client=client,
+            config_section=SECTION,
+            url_key="url",
         )
         self._log = log.bind(group=config.group)
         self._running = asyncio.Event()  # set: consume calls may go out (not paused)
@@ -102,7 +132,16 @@ class TmcHttpSource(Source):
         self._stopping = asyncio.Event()
         self._paused: str | None = None
         self._reading = True
-        self._confirms: deque[int] = deque()
+        #: Ids to confirm, each with the batch it came in (None: not known).
+        self._confirms: deque[tuple[int, _Batch | None]] = deque()
+        #: Recent consume answers with messages, oldest first, while some of their
+        #: messages may still be unconfirmed and TMC's confirm timeout has not passed.
+        self._batches: deque[_Batch] = deque()
+        #: When the newest batch came of which a confirm call was given up.
+        self._lost_at: float | None = None
+        #: No consume call before this (monotonic): after a pause that left messages
+        #: unconfirmed, TMC's confirm timeout must pass for them first.
+        self._hold_until = 0.0
         self._confirm_wake = asyncio.Event()
         self._confirm_idle = asyncio.Event()  # set: nothing queued, no call under way
         self._confirm_idle.set()
@@ -119,6 +158,10 @@ class TmcHttpSource(Source):
         self.confirms_dropped = 0
         self.failed = 0
         self.left_for_redelivery = 0
+        #: Calls (consume or confirm) that failed, in all.
+        self.failed_calls = 0
+        #: Consume calls held back after a resume (see :meth:`resume`).
+        self.holds = 0
         metrics.connection_up(METRICS_SOURCE, 0, False)
 
     @property
@@ -142,6 +185,12 @@ class TmcHttpSource(Source):
             notes.append(f"tmc_http skipped a message {time.monotonic() - at:.0f} s ago ({reason})")
         if self.confirms_dropped:
             notes.append(f"tmc_http could not send {self.confirms_dropped} confirms (they return)")
+        held = self._hold_until - time.monotonic()
+        if held > 0 and self._paused is None:
+            notes.append(
+                f"tmc_http consume held {held:.0f} s more, until TMC has put back the "
+                "messages left unconfirmed"
+            )
         return notes
 
     def start(self) -> None:
@@ -163,10 +212,36 @@ class TmcHttpSource(Source):
         self._running.clear()
 
     def resume(self) -> None:
+        """Consume again; but not before TMC has put back, in order, what was consumed
+        and left unconfirmed (see :meth:`_redelivery_due`)."""
         if self._paused is not None:
+            due = self._redelivery_due()
+            if due is not None:
+                self._hold_until = max(self._hold_until, due)
             self._log.info("tmc_http resumed")
         self._paused = None
         self._running.set()
+
+    def _redelivery_due(self) -> float | None:
+        """When TMC will have put back every message consumed and not confirmed (its
+        confirm timeout after the answer that handed out the last of them), or None when
+        nothing is left unconfirmed. A message the pipeline still holds counts as
+        unconfirmed: after a step back it was given up."""
+        self._prune_batches()
+        times = [b.at for b in self._batches if b.open > 0]
+        if self._lost_at is not None:
+            times.append(self._lost_at)
+        if not times:
+            return None
+        return max(times) + self._config.server_confirm_timeout_s
+
+    def _prune_batches(self) -> None:
+        """Forget batches all confirmed, or old enough that TMC has put back the rest."""
+        horizon = time.monotonic() - self._config.server_confirm_timeout_s
+        while self._batches and (self._batches[0].open <= 0 or self._batches[0].at <= horizon):
+            self._batches.popleft()
+        if self._lost_at is not None and self._lost_at <= horizon:
+            self._lost_at = None
 
     async def stop_reading(self) -> None:
         """No more consume calls; confirms keep going out until :meth:`close`."""
@@ -201,8 +276,8 @@ class TmcHttpSource(Source):
 
     # -- called by acks (event loop, never blocks) ---------------------------------
 
-    def queue_confirm(self, message_id: int) -> None:
-        self._confirms.append(message_id)
+    def queue_confirm(self, message_id: int, batch: _Batch | None = None) -> None:
+        self._confirms.append((message_id, batch))
         self._confirm_idle.clear()
         self._confirm_wake.set()
 
@@ -218,6 +293,8 @@ class TmcHttpSource(Source):
             await self._running.wait()
             if self._stopping.is_set():
                 return
+            if await self._held():
+                continue  # paused or stopped meanwhile? the top of the loop decides
             delay = 0.0
             try:
                 taken = await self._consume_once(params)
@@ -233,6 +310,20 @@ class TmcHttpSource(Source):
             if delay > 0:
                 await _wait(self._stopping, delay)
 
+    async def _held(self) -> bool:
+        """Wait out the hold after a resume (logged once); False when there is none."""
+        wait = self._hold_until - time.monotonic()
+        if wait <= 0:
+            return False
+        self.holds += 1
+        self._log.info(
+            "tmc_http consume held back: TMC's confirm timeout must pass for the messages "
+            "left unconfirmed, so that they come back in order",
+            in_s=round(wait, 1),
+        )
+        await _wait(self._stopping, wait)
+        return True
+
     async def _consume_once(self, params: dict[str, str]) -> int:
         """One consume call, its messages handed on; how many it returned."""
         self.consume_calls += 1
@@ -246,12 +337,18 @@ class TmcHttpSource(Source):
             return len(skipped)
         self.received += len(messages)
         deadline = time.monotonic() + self._config.max_hold_s
+        batch = _Batch(time.monotonic(), len(messages))
+        self._prune_batches()
+        self._batches.append(batch)
         for index, message in enumerate(messages):
             if not self._reading or self._paused is not None:
                 # Not taken, not confirmed: TMC gives them out again after its timeout.
                 self.left_for_redelivery += len(messages) - index
                 break
-            await self._submit(Delivery(message, [_Ack(self, message.message_id, deadline)]))
+            # The group is the message's stream, as for the WebSocket source (same ids).
+            message.group = self._config.group
+            ack = _Ack(self, message.message_id, deadline, batch)
+            await self._submit(Delivery(message, [ack]))
             if message.malformed:
                 self._log_malformed(message)
         return len(messages) + len(skipped)
@@ -284,17 +381,26 @@ class TmcHttpSource(Source):
                     self._confirms.popleft()
                     for _ in range(min(MAX_CONFIRM_IDS, len(self._confirms)))
                 ]
-                await self._confirm_batch(batch)
+                if not await self._confirm_batch([message_id for message_id, _ in batch]):
+                    self._confirms_lost(batch)
             self._confirm_idle.set()
 
-    async def _confirm_batch(self, ids: list[int]) -> None:
+    def _confirms_lost(self, lost: list[tuple[int, _Batch | None]]) -> None:
+        """Confirms given up: those messages come back after TMC's confirm timeout, so a
+        resume waits for it (see :meth:`_redelivery_due`)."""
+        at = max((b.at for _, b in lost if b is not None), default=time.monotonic())
+        self._lost_at = at if self._lost_at is None else max(self._lost_at, at)
+
+    async def _confirm_batch(self, ids: list[int]) -> bool:
+        """Confirm ``ids`` (tried ``confirm_attempts`` times); False when given up."""
         cfg = self._config
         params = {"group_name": cfg.group, "s_message_ids": ",".join(map(str, ids))}
         delays = _confirm_delays(cfg)
         for attempt in range(1, cfg.confirm_attempts + 1):
             try:
                 self.confirm_calls += 1
-                await self._top.call(CONFIRM, params)
+                # Idempotent: sent once more at once after a stale keep-alive connection.
+                await self._top.call(CONFIRM, params, retry_stale=True)
             except Exception as exc:
                 if attempt == cfg.confirm_attempts:
                     self.confirms_dropped += len(ids)
@@ -304,14 +410,15 @@ class TmcHttpSource(Source):
                         attempts=attempt,
                         error=_reason(exc),
                     )
-                    return
+                    return False
                 delay = next(delays)
                 self._call_failed(CONFIRM, exc, delay, ids=len(ids), attempt=attempt)
                 await asyncio.sleep(delay)
             else:
                 self.confirms_sent += len(ids)
                 self._call_ok()
-                return
+                return True
+        return False
 
     # -- state and logging ---------------------------------------------------------
 
@@ -325,6 +432,7 @@ class TmcHttpSource(Source):
     def _call_failed(self, method: str, exc: BaseException, delay: float, **fields: object) -> None:
         self.last_error = _reason(exc)
         self._failures += 1
+        self.failed_calls += 1
         self._set_up(False)
         self._metrics.reconnect(METRICS_SOURCE, 0)
         retry_in_s = round(delay, 2)
