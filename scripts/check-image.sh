@@ -9,7 +9,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/tmc-bridge-image.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/src" "$work/home"
 # What the Dockerfile COPYs, nothing else.
-cp -R pyproject.toml README.md constraints.txt bridge.yaml docker bridge examples "$work/src/"
+cp -R pyproject.toml README.md LICENSE constraints.txt bridge.yaml docker bridge examples "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 
 # System Python (the image's is python:3.11-slim); not a per-user pyenv shim.

@@ -74,6 +74,14 @@ def _load() -> tuple[ModuleType, ModuleType]:
         if _modules is None:
             try:
                 from rocketmq import client, ffi
+            except ModuleNotFoundError as exc:
+                if exc.name is None or exc.name.split(".")[0] != "rocketmq":
+                    raise
+                raise NativeLibraryMissing(
+                    "RocketMQ support is not installed in this build: install "
+                    "tmc-bridge[rocketmq] and run `python -m bridge.rocketmq.provision` (the "
+                    "image: build it with --build-arg WITH_ROCKETMQ=true)"
+                ) from None
             except (ImportError, OSError) as exc:
                 raise NativeLibraryMissing(
                     "the RocketMQ native library librocketmq.so could not be loaded "
