@@ -10,8 +10,21 @@ STAMP  := $(VENV)/.installed
 TOOLS  := .cache/tools
 TOOLPY := $(TOOLS)/venv/bin
 GODIR  := $(abspath .cache/go)
-HELM   := $(GODIR)/gopath/bin/helm
+GOENV  := GOPATH=$(GODIR)/gopath GOMODCACHE=$(GODIR)/mod GOCACHE=$(GODIR)/build \
+	CGO_ENABLED=0 GOFLAGS=-mod=mod
+# Each tool in a folder named after its version: changing the pin builds the new one.
 HELM_VERSION := v3.19.5
+# The Kubernetes version helm assumes without --kube-version: its client-go's (v0.34 ->
+# 1.34), set as helm's own release build does, so the chart's kubeVersion is satisfied.
+HELM_KUBE_MINOR := 34
+HELM   := $(GODIR)/bin/helm-$(HELM_VERSION)/helm
+# promtool (rules lint, rule unit tests, exposition check) from the Prometheus module;
+# Prometheus v3.16.0 is module version v0.316.0. remove_all_sd leaves out the cloud
+# service-discovery plugins (AWS, Azure, GCE, ...) that promtool's rule and metrics
+# checks never use.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL_RELEASE := 3.16.0
+PROMTOOL := $(GODIR)/bin/promtool-$(PROMTOOL_VERSION)/promtool
 
 .PHONY: install kafka rocketmq demo demo-http demo-rocketmq test lint unit integration bench clean \
 	tools chart image-check image constraints chaos
@@ -64,15 +77,31 @@ $(TOOLS)/.installed:
 	touch $@
 
 $(HELM): $(TOOLS)/.installed
-	GOPATH=$(GODIR)/gopath GOMODCACHE=$(GODIR)/mod GOCACHE=$(GODIR)/build \
-	CGO_ENABLED=0 GOFLAGS=-mod=mod \
-	$(TOOLPY)/go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	@echo "building helm $(HELM_VERSION) from source (a few minutes the first time)"
+	$(GOENV) GOBIN=$(@D) $(TOOLPY)/go install -ldflags "-s -w \
+	  -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	  -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
+	  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 \
+	  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(HELM_KUBE_MINOR) \
+	  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 \
+	  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(HELM_KUBE_MINOR)" \
+	  helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
-tools: $(HELM)
+$(PROMTOOL): $(TOOLS)/.installed
+	@echo "building promtool $(PROMTOOL_VERSION) from source (several minutes the first time)"
+	$(GOENV) GOBIN=$(@D) $(TOOLPY)/go install -tags remove_all_sd -ldflags "-s -w \
+	  -X github.com/prometheus/common/version.Version=$(PROMTOOL_RELEASE) \
+	  -X github.com/prometheus/common/version.Branch=HEAD" \
+	  github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 
-# helm lint + template + Kubernetes 1.33 schema validation + the chart's own checks.
+tools: $(HELM) $(PROMTOOL)
+
+# helm lint + template + Kubernetes 1.33 schema validation + the chart's own checks; then
+# the alert rules: promtool check rules --lint=all, promtool test rules (tests/promtool/),
+# promtool check metrics on the bridge's exposition.
 chart: install tools
 	$(PY) scripts/check_chart.py --helm $(HELM) --kubernetes-validate $(TOOLPY)/kubernetes-validate
+	$(PY) scripts/check_rules.py --helm $(HELM) --promtool $(PROMTOOL)
 
 # hadolint, then the Dockerfile's install steps replayed as uid 10001 in a fresh venv.
 image-check: tools

@@ -1,4 +1,4 @@
-"""``tmc-bridge`` command line: run, check-config, simulate.
+"""``tmc-bridge`` command line: run, check-config, dead-letters replay, simulate.
 
 Exit codes: 0 ok (``run``: stopped after a complete drain), 1 runtime failure (e.g.
 ``run`` stopped before its drain finished), 2 usage or
@@ -74,6 +74,41 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     if cfg.filters:
         extras += f" filters={','.join(rule.name for rule in cfg.filters)}"
     print(f"config ok: {source} -> {sink} routes={len(cfg.routing.topics)}{extras}")
+    if not args.connect:
+        return 0
+    # Log in to the source and reach the broker, one line each; nothing is consumed or
+    # written (each adapter's own check: its kind's connect_check).
+    from bridge.ops.connect_check import reach, render
+
+    lines = reach(cfg, args.timeout_s)
+    for line in lines:
+        print(render(line), flush=True)
+    return 0 if all(line.ok for line in lines) else 1
+
+
+def _cmd_dead_letters_replay(args: argparse.Namespace) -> int:
+    from bridge.observability import logging as obs_logging
+    from bridge.ops import replay
+
+    cfg = _load_checked(args.config)
+    # The report is the output: the producer's own info lines would only clutter it.
+    level = cfg.log.level if cfg.log.level in ("warning", "error") else "warning"
+    obs_logging.configure(level, cfg.log.format)
+    selection = replay.Selection(
+        since_ms=None if args.since is None else replay.parse_time(args.since),
+        until_ms=None if args.until is None else replay.parse_time(args.until),
+        reason=args.reason,
+        limit=args.limit,
+    )
+
+    def progress(text: str) -> None:
+        print(f"... {text}", file=sys.stderr, flush=True)
+
+    report = replay.read(cfg, selection, timeout_s=args.timeout_s, progress=progress)
+    if args.apply:
+        replay.write(cfg, report, progress=progress)
+    for line in replay.summary(report, applied=args.apply, listing=args.list):
+        print(line)
     return 0
 
 
@@ -115,6 +150,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         push_round_interval_s=args.push_round_interval_s,
         faults=faults,
         require_auth_token=args.require_auth_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
     async def main() -> None:
@@ -123,8 +160,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if args.messages:
             sim.publish(args.messages)
         print(
-            f"tmc simulator ready at {sim.url} (stats: http://{args.host}:{sim.port}/_sim/stats;"
-            f" TOP gateway for source.tmc_http: http://{args.host}:{sim.port}/router/rest)",
+            f"tmc simulator ready at {sim.url} (stats: {'https' if sim.tls else 'http'}://"
+            f"{args.host}:{sim.port}/_sim/stats; TOP gateway for source.tmc_http:"
+            f" {sim.gateway_url})",
             flush=True,
         )
         stop = asyncio.Event()
@@ -148,12 +186,19 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="A TMC WebSocket server for tests: the same port answers HTTP control "
         "requests (/_sim/stats, /_sim/ledger, /_sim/publish?count=N, "
         "/_sim/fault?name=NAME).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     net = sim.add_argument_group("listening and login")
     net.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     net.add_argument("--port", type=int, default=8765, help="WebSocket and HTTP control port")
     net.add_argument("--app-key", default="12345678", help="the accepted app key")
+    net.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="PEM",
+        help="serve wss:// (and https:// for the gateway) with this certificate (chain)",
+    )
+    net.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     net.add_argument(
         "--app-secret-env",
         default="TMC_APP_SECRET",
@@ -295,19 +340,132 @@ def _simulate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sim.set_defaults(func=_cmd_simulate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tmc-bridge", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"tmc-bridge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default at the end of its help line; none for options whose
+    default is "not given" (their help says what that means)."""
 
-    run = sub.add_parser("run", help="run the bridge")
-    run.add_argument("--config", default="bridge.yaml", help="YAML config (default bridge.yaml)")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+_DESCRIPTION = (
+    "Moves Taobao TMC messages (WebSocket, HTTP API or ONS) into Kafka or RocketMQ, "
+    "exactly once where the sink allows it. Exit codes: 0 ok, 1 runtime failure, "
+    "2 usage or configuration error."
+)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="bridge.yaml", help="the bridge's YAML config")
+
+
+def _dead_letters_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = sub.add_parser(
+        "dead-letters",
+        help="work with the dead-letter topic (Kafka sink)",
+        description="Work with the dead-letter topic of a Kafka sink.",
+        formatter_class=_Help,
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rep = actions.add_parser(
+        "replay",
+        help="route dead letters again through the current routing",
+        description="Read the dead-letter topic (committed records only), rebuild each "
+        "selected dead letter's message from its value and headers, route it through "
+        "the current routing and, with --apply, write the results in Kafka transactions "
+        "(transactional id <sink.kafka.transactional_id>-replay), each with a marker that "
+        "keeps a later run from replaying the same dead letter again. Without --apply it "
+        "is a dry run: it reads, reports and writes nothing. Dead letters the source "
+        "could not decode, and cut ones, are skipped.",
+        formatter_class=_Help,
+    )
+    _config_option(rep)
+    rep.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only dead letters written at or after TIME: ISO 8601 "
+        "(2025-01-31T08:00:00+08:00; without an offset local time), a duration before "
+        "now (30m, 2h, 7d) or 'now' (default: the start of the topic)",
+    )
+    rep.add_argument(
+        "--until",
+        metavar="TIME",
+        help="only dead letters written before TIME, same forms as --since "
+        "(default: the end of the topic when the run starts)",
+    )
+    rep.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="only dead letters whose tmc.dlq.reason contains TEXT, any case "
+        "(default: every reason)",
+    )
+    rep.add_argument(
+        "--limit", type=int, default=10_000, help="write at most this many records in one run"
+    )
+    mode = rep.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and report, write nothing (what happens without --apply too)",
+    )
+    mode.add_argument(
+        "--apply", action="store_true", help="write the re-routed records (transactionally)"
+    )
+    rep.add_argument(
+        "--list", action="store_true", help="one line per dead letter: where it is and its outcome"
+    )
+    rep.add_argument(
+        "--timeout-s", type=float, default=10.0, help="time limit of each broker request"
+    )
+    rep.set_defaults(func=_cmd_dead_letters_replay)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tmc-bridge", description=_DESCRIPTION, formatter_class=_Help
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"tmc-bridge {__version__}",
+        help="print the version and exit",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the bridge",
+        description="Run the bridge until SIGTERM or SIGINT, then drain: exit 0 when "
+        "everything committed was confirmed, 1 when the drain did not finish.",
+        formatter_class=_Help,
+    )
+    _config_option(run)
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("--config", default="bridge.yaml")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file (and, with --connect, reach source and sink)",
+        description="Check the config file as run does before it starts anything; with "
+        "--connect also log in to the source (TMC: one login per group, closed before "
+        "any pull; tmc_http: one signed call that consumes nothing; ONS: the topics' "
+        "routes) and reach the sink (Kafka: metadata and the topics, no transaction; "
+        "RocketMQ: the topics' routes), one line each. Exit 0 only when all passed.",
+        formatter_class=_Help,
+    )
+    _config_option(check)
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also reach the source and the sink; nothing is consumed or written",
+    )
+    check.add_argument(
+        "--timeout-s", type=float, default=10.0, help="time limit of each connection attempt"
+    )
     check.set_defaults(func=_cmd_check_config)
 
+    _dead_letters_parser(sub)
     _simulate_parser(sub)
 
     return parser

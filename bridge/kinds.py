@@ -12,7 +12,7 @@ librdkafka nor librocketmq nor websockets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -31,6 +31,26 @@ def _nothing(*_args: object) -> None:
 
 def _no_groups(_config: object) -> list[str]:
     return []
+
+
+@dataclass(frozen=True)
+class Reached:
+    """One line of ``check-config --connect``: what was tried, and whether it went through.
+
+    ``detail`` is one line without secrets: what was proven when ``ok``, else the error
+    and what to check."""
+
+    part: str
+    ok: bool
+    detail: str
+
+
+#: ``check-config --connect`` of a source: log in (or make one signed call) and leave
+#: without taking a message. Gets the config and a time limit per attempt in seconds.
+SourceConnectCheck = Callable[[C, float], list[Reached]]
+#: ``check-config --connect`` of a sink: reach the broker and look up ``topics`` (the
+#: routes' topics and the dead-letter topic) without writing anything.
+SinkConnectCheck = Callable[[C, Sequence[str], float], list[Reached]]
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,8 @@ class SourceKind(Generic[C]):
     requirements: Callable[[], None] = field(default=_nothing)
     #: The source's groups that ``routing.groups`` may name (TMC groups); none by default.
     groups: Callable[[C], list[str]] = _no_groups
+    #: ``check-config --connect``: log in and leave, consuming nothing; None: not offered.
+    connect_check: SourceConnectCheck[C] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,3 +99,5 @@ class SinkKind(Generic[C]):
     requirements: Callable[[], None] = field(default=_nothing)
     #: The committed-ids store this sink keeps, or None for the in-memory one.
     committed_ids: Callable[[C, SinkContext], CommittedIds | None] = _nothing
+    #: ``check-config --connect``: reach the broker, write nothing; None: not offered.
+    connect_check: SinkConnectCheck[C] | None = None

@@ -149,7 +149,7 @@ def commit_quantiles(samples: dict[tuple[str, tuple[tuple[str, str], ...]], floa
     buckets = sorted(
         (float(dict(labels)["le"]), count)
         for (name, labels), count in samples.items()
-        if name == "bridge_sink_commit_duration_seconds_bucket"
+        if name == "tmc_bridge_sink_commit_duration_seconds_bucket"
     )
     total = buckets[-1][1] if buckets else 0
     if not total:

@@ -44,7 +44,7 @@ ledger. One table row per scenario:
   ``lost``: not found; ``dups``: records beyond the first for one message id;
 * ``confirmed``: confirmed at the simulator;
 * ``absorbed``: redeliveries of already committed messages that the bridges confirmed
-  without writing them again (``bridge_source_duplicate_messages_total``, every kind but
+  without writing them again (``tmc_bridge_source_duplicate_messages_total``, every kind but
   ``in_flight``, scraped from each bridge run until it was killed);
 * ``stall_s``: the longest a read_committed reader waited for records already written
   (sampled every 0.25 s: high watermark now, time until the last stable offset passed it;
@@ -530,12 +530,12 @@ class Replica:
 
 def absorbed_in(metrics_text: str) -> int:
     """Redeliveries the bridge confirmed without writing them again, from its /metrics:
-    ``bridge_source_duplicate_messages_total`` of every kind but ``in_flight``."""
+    ``tmc_bridge_source_duplicate_messages_total`` of every kind but ``in_flight``."""
     total = 0.0
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             if (
-                sample.name == "bridge_source_duplicate_messages_total"
+                sample.name == "tmc_bridge_source_duplicate_messages_total"
                 and sample.labels.get("kind") != "in_flight"
             ):
                 total += sample.value

@@ -39,6 +39,12 @@ CONFIGS = {"kafka": Path("bridge.yaml"), "rocketmq": Path("examples/bridge-rocke
 #: ``--source tmc_http``: the HTTP API source into Kafka, against the simulator's gateway.
 HTTP_CONFIG = Path("examples/bridge-tmc-http.yaml")
 
+#: Written into ``--workdir`` when the demo takes it; only a directory holding it (or
+#: still empty) is ever emptied by a later run.
+MARKER = ".tmc-bridge-demo"
+#: What a demo's workdir held before the marker existed (its default ``.work/demo``).
+LEGACY_ENTRIES = frozenset({"bridge.log", "simulator.log", "kafka", "rocketmq"})
+
 #: (environment for the bridge, reader of what arrived)
 Target = tuple[dict[str, str], Callable[[int], list[harness.Arrived]]]
 
@@ -77,6 +83,41 @@ def rocketmq_target(workdir: Path, topics: list[str]) -> Iterator[Target]:
         )
 
 
+def prepare_workdir(workdir: Path) -> str | None:
+    """Empty ``workdir`` for a run, or say why not (then nothing was touched).
+
+    The demo deletes what its previous run left, but only in a directory it made: one
+    holding its marker file (:data:`MARKER`, written first thing), or the layout the demo
+    left before it wrote one (only :data:`LEGACY_ENTRIES`, ``simulator.log`` among them).
+    A new or empty directory is used as it is. Anything else, say ``--workdir ~`` or a
+    directory holding a Kafka installation, is refused without deleting anything.
+    """
+    if workdir.exists() or workdir.is_symlink():
+        if not workdir.is_dir():
+            return f"--workdir {workdir} is not a directory"
+        entries = {child.name for child in workdir.iterdir()}
+        legacy = "simulator.log" in entries and entries <= LEGACY_ENTRIES
+        if entries and MARKER not in entries and not legacy:
+            return (
+                f"--workdir {workdir} is not empty and was not made by the demo (it has no "
+                f"{MARKER} file); nothing was deleted. Give a new or empty directory "
+                "(the demo deletes its contents at its next run), or leave out --workdir "
+                "for .work/demo"
+            )
+        # Children, not the directory itself: a symlinked workdir stays a symlink.
+        for child in workdir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text(
+        "Made by python -m devtools.demo: its next run deletes everything in this directory.\n"
+    )
+    return None
+
+
 def topics_of(cfg: BridgeConfig) -> list[str]:
     """Every sink topic a config writes to, dead-letter topic last."""
     return [*dict.fromkeys(cfg.routing.topics.values()), cfg.routing.dead_letter_topic]
@@ -92,14 +133,14 @@ def metrics_line(port: int) -> str:
     def total(name: str, **labels: str) -> int:
         return int(harness.metric_sum(samples, name, **labels))
 
-    batches = total("bridge_sink_transactions_total", outcome="committed")
+    batches = total("tmc_bridge_sink_transactions_total", outcome="committed")
     return (
-        f"demo: bridge /metrics: received={total('bridge_source_received_messages_total')} "
-        f"confirmed={total('bridge_source_confirmed_messages_total')} "
-        f"produced={total('bridge_sink_produced_messages_total')} "
-        f"dead_lettered={total('bridge_sink_dead_lettered_messages_total')} "
+        f"demo: bridge /metrics: received={total('tmc_bridge_source_received_messages_total')} "
+        f"confirmed={total('tmc_bridge_source_confirmed_messages_total')} "
+        f"produced={total('tmc_bridge_sink_produced_messages_total')} "
+        f"dead_lettered={total('tmc_bridge_sink_dead_lettered_messages_total')} "
         f"transactions={batches} "
-        f"mean_batch={total('bridge_pipeline_batch_size_messages_sum') / max(batches, 1):.0f}"
+        f"mean_batch={total('tmc_bridge_pipeline_batch_size_messages_sum') / max(batches, 1):.0f}"
     )
 
 
@@ -118,9 +159,10 @@ def run(
     if not config.exists():
         print(f"demo: {config} not found (run the demo from the project folder)")
         return 2
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    problem = prepare_workdir(workdir)
+    if problem is not None:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
     env = {
         "TMC_APP_SECRET": harness.DEMO_SECRET,
         "ROCKETMQ_ACCESS_KEY": DEMO_ACCESS_KEY,
@@ -174,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--sink", choices=["kafka", "rocketmq"], default="kafka")
-    parser.add_argument("--workdir", default=".work/demo")
+    parser.add_argument(
+        "--workdir",
+        default=".work/demo",
+        help="scratch directory (default: %(default)s); must be new, empty, or one the demo "
+        "made before: its contents are deleted at the start of each run",
+    )
     parser.add_argument("--config", type=Path, default=None, help="default: per sink")
     parser.add_argument(
         "--source",

@@ -60,7 +60,7 @@ class SellersConfig(_Model):
 
 
 class FilterRule(_Model):
-    #: Unique; the ``rule`` label of ``bridge_filter_messages_total``.
+    #: Unique; the ``rule`` label of ``tmc_bridge_filter_messages_total``.
     name: str
     #: Shell globs of TMC topics; None = any topic.
     topics: list[str] | None = None

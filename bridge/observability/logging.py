@@ -6,15 +6,20 @@ those, and nothing here serialises configuration objects.
 Libraries that log through the standard ``logging`` module (websockets, asyncio) go
 through the same processors and renderer, so a log collector sees one JSON stream on
 stdout with one schema: ``timestamp``, ``level``, ``logger``, ``event`` and fields.
+
+Ids are written as strings (:func:`ids_as_strings`): TMC ids exceed 2^53, and a log
+viewer that parses JSON numbers as JavaScript doubles (Kibana, Grafana, a browser)
+would show a neighbouring id instead.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sys
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal
 
 import structlog
 
@@ -50,6 +55,38 @@ def settings(
     return chosen[0], chosen[1]
 
 
+def is_id_field(name: str) -> bool:
+    """Whether a log field holds ids: ``id``, ``ids``, and any ``…_id`` / ``…_ids``."""
+    return name in ("id", "ids") or name.endswith(("_id", "_ids"))
+
+
+def _id_text(value: object) -> object:
+    # numbers.Integral covers numpy's integers too; a bool is an int but not an id.
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_id_text(item) for item in value]
+    return value
+
+
+def ids_as_strings(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: integer values of id fields as decimal strings.
+
+    ``message_id``, ``first_id``, ``last_id``, ``user_id``, ``id``, ``ids``,
+    ``message_ids``, …: an integer becomes its decimal text, and so does every integer in
+    a list (or tuple, or set) of them; anything else is left as it is. JSON renders an
+    int as a number, which JavaScript-based log viewers read as a double, rounding every
+    id above 2^53 (9,007,199,254,740,992): TMC message ids are that large. Counts
+    (``messages``, ``size``) stay numbers.
+    """
+    for name, value in event_dict.items():
+        if is_id_field(name):
+            event_dict[name] = _id_text(value)
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib loggers of the libraries we use.
 
@@ -69,6 +106,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ids_as_strings,
     ]
     structlog.configure(
         processors=[
@@ -111,4 +149,14 @@ class _NamedPrintLogger(structlog.PrintLogger):
         return cls(str(args[0]) if args else "bridge")
 
 
-__all__ = ["FORMATS", "FORMAT_ENV", "LEVELS", "LEVEL_ENV", "Format", "configure", "settings"]
+__all__ = [
+    "FORMATS",
+    "FORMAT_ENV",
+    "LEVELS",
+    "LEVEL_ENV",
+    "Format",
+    "configure",
+    "ids_as_strings",
+    "is_id_field",
+    "settings",
+]

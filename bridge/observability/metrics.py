@@ -1,9 +1,11 @@
 """Every Prometheus metric of the bridge, defined in this one module.
 
-Names follow ``bridge_<component>_<thing>_<unit>`` (counters get ``_total`` from the
-client library). Labels are low-cardinality by construction: the source and sink kind,
-TMC topic names (a few dozen exist), configured sink topics, connection indexes, error
-class names and fixed outcome words. Nothing per order, per user or per message.
+Names follow ``tmc_bridge_<component>_<thing>_<unit>`` (counters get ``_total`` from the
+client library): the ``tmc_`` keeps them apart from other "bridges" in a shared
+Prometheus. Counters and histograms export no ``_created`` series (below). Labels are
+low-cardinality by construction: the source and sink kind, TMC topic names (a few dozen
+exist), configured sink topics, connection indexes, error class names and fixed outcome
+words. Nothing per order, per user or per message.
 
 Each :class:`Metrics` owns its registry, so several bridges in one process (the tests)
 never share counters and nothing is registered in the global default registry.
@@ -18,7 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -26,6 +34,15 @@ from prometheus_client.process_collector import ProcessCollector
 from bridge import __version__
 
 _M = TypeVar("_M", Counter, Histogram)
+
+#: Prefix of every metric the bridge defines (``metric_names`` and the tests use it).
+PREFIX = "tmc_bridge_"
+
+# No ``<name>_created`` series (a creation timestamp per counter and histogram child): they
+# would double the samples of every counter and no dashboard or alert reads them. The switch
+# is prometheus-client's own and process-wide, which suits the bridge: its process exposes
+# only this module's registries. Read at every collect, so it holds for any registry.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 #: push -> confirm: a commit is tens of milliseconds; a broker outage is minutes.
 CONFIRM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -35,7 +52,7 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800,
 COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
-#: Transaction outcomes (``bridge_sink_transactions_total{outcome}``).
+#: Transaction outcomes (``tmc_bridge_sink_transactions_total{outcome}``).
 COMMITTED, ABORTED, RETRIED = "committed", "aborted", "retried"
 
 
@@ -96,22 +113,22 @@ class Metrics:
             GCCollector(registry=r)
 
         Gauge(
-            "bridge_app_build_info", "Bridge version (always 1).", ["version"], registry=r
+            "tmc_bridge_app_build_info", "Bridge version (always 1).", ["version"], registry=r
         ).labels(__version__).set(1)
         self.app_ready = Gauge(
-            "bridge_app_ready",
+            "tmc_bridge_app_ready",
             "1 when /readyz answers ready (source online, sink ready).",
             [],
             registry=r,
         )
         self.app_draining = Gauge(
-            "bridge_app_draining", "1 while shutting down (no new messages taken).", registry=r
+            "tmc_bridge_app_draining", "1 while shutting down (no new messages taken).", registry=r
         )
 
         # -- source ------------------------------------------------------------------
         self._received = _Cache(
             Counter(
-                "bridge_source_received_messages",
+                "tmc_bridge_source_received_messages",
                 "Messages taken into the pipeline (redeliveries of held or committed "
                 "messages are not counted here).",
                 ["source", "topic"],
@@ -120,7 +137,7 @@ class Metrics:
         )
         self._confirmed = _Cache(
             Counter(
-                "bridge_source_confirmed_messages",
+                "tmc_bridge_source_confirmed_messages",
                 "Messages confirmed to the source after the sink committed them.",
                 ["source", "topic"],
                 registry=r,
@@ -128,14 +145,14 @@ class Metrics:
         )
         self._failed = _Cache(
             Counter(
-                "bridge_source_failed_messages",
+                "tmc_bridge_source_failed_messages",
                 "Messages handed back to the source as failed (it redelivers them).",
                 ["source", "topic"],
                 registry=r,
             )
         )
         self._given_up = Counter(
-            "bridge_source_given_up_messages",
+            "tmc_bridge_source_given_up_messages",
             "Messages not written because their source redelivers them anyway (the "
             "connection they came on is gone, or they were held past max_hold_s).",
             ["source"],
@@ -143,7 +160,7 @@ class Metrics:
         )
         self._duplicates = _Cache(
             Counter(
-                "bridge_source_duplicate_messages",
+                "tmc_bridge_source_duplicate_messages",
                 "Redeliveries absorbed: folded into a held message (in_flight) or "
                 "confirmed at once because already committed (committed).",
                 ["source", "kind"],
@@ -152,7 +169,7 @@ class Metrics:
         )
         self._lag = _Cache(
             Histogram(
-                "bridge_source_publish_lag_seconds",
+                "tmc_bridge_source_publish_lag_seconds",
                 "Source publish time to receipt by the bridge (includes redeliveries).",
                 ["source"],
                 buckets=LAG_BUCKETS,
@@ -161,7 +178,7 @@ class Metrics:
         )
         self._skipped = _Cache(
             Counter(
-                "bridge_source_skipped_frames",
+                "tmc_bridge_source_skipped_frames",
                 "Frames from the source that were neither delivered nor dead-lettered, by "
                 "reason: malformed (not a valid frame), unconfirmable (a push without a "
                 "valid id), oversized (over the frame limit, no id readable), "
@@ -171,21 +188,21 @@ class Metrics:
             )
         )
         self._connection_up = Gauge(
-            "bridge_source_connection_up",
+            "tmc_bridge_source_connection_up",
             "1 while the connection is logged in (TMC) or the consumer is started (ONS). "
             "Connections are numbered across groups; group is the TMC group.",
             ["source", "group", "connection"],
             registry=r,
         )
         self._reconnects = Counter(
-            "bridge_source_reconnects",
+            "tmc_bridge_source_reconnects",
             "Reconnect attempts after a connection was lost or refused.",
             ["source", "group", "connection"],
             registry=r,
         )
         self._group_messages = _Cache(
             Counter(
-                "bridge_source_group_messages",
+                "tmc_bridge_source_group_messages",
                 "Messages per TMC group and connection: received (every push taken, "
                 "redeliveries included) and confirmed (confirms sent). The platform's flow "
                 "control is set per group; compare the two rates.",
@@ -194,7 +211,7 @@ class Metrics:
             )
         )
         self.source_stepped_back = Gauge(
-            "bridge_source_stepped_back",
+            "tmc_bridge_source_stepped_back",
             "1 while the bridge has logged out of its source because the sink has been "
             "unavailable for pipeline.step_back_after_s.",
             registry=r,
@@ -202,19 +219,19 @@ class Metrics:
 
         # -- pipeline ----------------------------------------------------------------
         self.in_flight = Gauge(
-            "bridge_pipeline_in_flight_messages",
+            "tmc_bridge_pipeline_in_flight_messages",
             "Messages received and not yet confirmed or handed back.",
             registry=r,
         )
         self._batch_size = Histogram(
-            "bridge_pipeline_batch_size_messages",
+            "tmc_bridge_pipeline_batch_size_messages",
             "Messages per committed batch (one transaction for Kafka).",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self._confirm_latency = _Cache(
             Histogram(
-                "bridge_pipeline_confirm_latency_seconds",
+                "tmc_bridge_pipeline_confirm_latency_seconds",
                 "Receipt by the bridge to confirm (after the sink committed).",
                 ["source"],
                 buckets=CONFIRM_BUCKETS,
@@ -225,7 +242,7 @@ class Metrics:
         # -- filters -----------------------------------------------------------------
         self._filtered = _Cache(
             Counter(
-                "bridge_filter_messages",
+                "tmc_bridge_filter_messages",
                 "Messages a filter rule dropped (confirmed, never written) or diverted "
                 "to its divert_to topic, by rule, action and reason (topic, seller_allow, "
                 "seller_deny; _backlog when the rule's in-flight threshold applied).",
@@ -237,7 +254,7 @@ class Metrics:
         # -- sink --------------------------------------------------------------------
         self._produced = _Cache(
             Counter(
-                "bridge_sink_produced_messages",
+                "tmc_bridge_sink_produced_messages",
                 "Records committed to the sink, per sink topic (dead letters included).",
                 ["sink", "topic"],
                 registry=r,
@@ -245,7 +262,7 @@ class Metrics:
         )
         self._dead_lettered = _Cache(
             Counter(
-                "bridge_sink_dead_lettered_messages",
+                "tmc_bridge_sink_dead_lettered_messages",
                 "Messages written to the dead-letter topic instead of their route.",
                 ["sink", "source_topic"],
                 registry=r,
@@ -253,7 +270,7 @@ class Metrics:
         )
         self._transactions = _Cache(
             Counter(
-                "bridge_sink_transactions",
+                "tmc_bridge_sink_transactions",
                 "Batch attempts by outcome: committed; aborted (not committed: an error "
                 "or refused records); retried (the batch is sent again).",
                 ["sink", "outcome"],
@@ -262,7 +279,7 @@ class Metrics:
         )
         self._errors = _Cache(
             Counter(
-                "bridge_sink_errors",
+                "tmc_bridge_sink_errors",
                 "Errors reported by the sink client, by class (e.g. librdkafka error name).",
                 ["sink", "error_class"],
                 registry=r,
@@ -270,7 +287,7 @@ class Metrics:
         )
         self._commit_seconds = _Cache(
             Histogram(
-                "bridge_sink_commit_duration_seconds",
+                "tmc_bridge_sink_commit_duration_seconds",
                 "Time one batch spent in the sink until committed.",
                 ["sink"],
                 buckets=COMMIT_BUCKETS,
@@ -278,7 +295,7 @@ class Metrics:
             )
         )
         self._sink_up = Gauge(
-            "bridge_sink_up",
+            "tmc_bridge_sink_up",
             "1 while the sink client is started and its broker answers.",
             ["sink"],
             registry=r,
@@ -286,23 +303,23 @@ class Metrics:
 
         # -- committed-ids store -------------------------------------------------------
         self.dedup_ids = Gauge(
-            "bridge_dedup_remembered_ids",
+            "tmc_bridge_dedup_remembered_ids",
             "Committed message ids remembered (within the window), for redeliveries.",
             registry=r,
         )
         self.dedup_bytes = Gauge(
-            "bridge_dedup_memory_bytes",
+            "tmc_bridge_dedup_memory_bytes",
             "Memory held by the remembered ids (arrays and recent set).",
             registry=r,
         )
         self.dedup_behind = Gauge(
-            "bridge_dedup_behind_seconds",
+            "tmc_bridge_dedup_behind_seconds",
             "How long the oldest delivery waiting for the committed-ids store has "
             "waited (0 when none waits).",
             registry=r,
         )
         self.dedup_records = Counter(
-            "bridge_dedup_records_read",
+            "tmc_bridge_dedup_records_read",
             "Records read from the committed-ids topic, by outcome (applied; other "
             "(another app or group); unreadable).",
             ["outcome"],
@@ -389,7 +406,7 @@ def metric_names(metrics: Metrics) -> set[str]:
     """Every sample name the bridge's own families can expose (for dashboards/tests)."""
     names: set[str] = set()
     for family in metrics.registry.collect():
-        if not family.name.startswith("bridge_"):
+        if not family.name.startswith(PREFIX):
             continue
         suffixes = {
             "counter": ("_total",),

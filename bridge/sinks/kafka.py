@@ -405,7 +405,9 @@ class KafkaSink:
             self.ready = False
         self._note(err)
         described = self._describe(err)
-        left_out = self._throttle.admit(("error", err.name(), VARIABLE_TAIL.sub("", described)))
+        # Keyed on the whole text: a long one (a TLS failure) is cut before its variable
+        # tail, which would make every repetition look new.
+        left_out = self._throttle.admit(("error", err.name(), VARIABLE_TAIL.sub("", err.str())))
         if left_out is None:
             return
         more = {"repeated": left_out} if left_out else {}

@@ -4,10 +4,11 @@ The implementation is imported inside the factory, so reading a config loads non
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import _KAFKA_TOPIC
-from bridge.kinds import SinkContext, SinkKind
+from bridge.kinds import Reached, SinkContext, SinkKind
 from bridge.sinks.kafka_config import KafkaSinkConfig
 
 if TYPE_CHECKING:
@@ -51,6 +52,14 @@ def _topic_problem(name: str) -> str | None:
     )
 
 
+def _connect_check(
+    config: KafkaSinkConfig, topics: Sequence[str], timeout_s: float
+) -> list[Reached]:
+    from bridge.sinks.kafka_connect import check
+
+    return check(config, topics, timeout_s)
+
+
 KIND = SinkKind(
     name="kafka",
     config=KafkaSinkConfig,
@@ -59,4 +68,5 @@ KIND = SinkKind(
     check=_check,
     topic_problem=_topic_problem,
     committed_ids=_committed_ids,
+    connect_check=_connect_check,
 )

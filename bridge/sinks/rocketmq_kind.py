@@ -4,10 +4,11 @@ The implementation is imported inside the factory, so reading a config loads non
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import _ROCKETMQ_TOPIC, public_url
-from bridge.kinds import SinkContext, SinkKind
+from bridge.kinds import Reached, SinkContext, SinkKind
 from bridge.rocketmq.config import ensure_native_library
 from bridge.sinks.rocketmq_config import RocketMQSinkConfig
 
@@ -46,6 +47,15 @@ def _topic_problem(name: str) -> str | None:
     )
 
 
+def _connect_check(
+    config: RocketMQSinkConfig, topics: Sequence[str], timeout_s: float
+) -> list[Reached]:
+    # A route lookup on the name server: no producer is started, nothing is sent.
+    from bridge.rocketmq.route_check import check
+
+    return check(config, "sink rocketmq", topics, timeout_s)
+
+
 KIND = SinkKind(
     name="rocketmq",
     config=RocketMQSinkConfig,
@@ -57,4 +67,5 @@ KIND = SinkKind(
     topic_problem=_topic_problem,
     requirements=ensure_native_library,
     committed_ids=_committed_ids,
+    connect_check=_connect_check,
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import public_url
-from bridge.kinds import SourceKind
+from bridge.kinds import Reached, SourceKind
 from bridge.rocketmq.config import ensure_native_library
 from bridge.sources.ons_config import OnsSourceConfig
 
@@ -27,6 +27,13 @@ def _check(config: OnsSourceConfig) -> None:
     config.credentials("source.ons.secret_key_file")  # the secret file must be readable
 
 
+def _connect_check(config: OnsSourceConfig, timeout_s: float) -> list[Reached]:
+    # A route lookup on the name server: no consumer is started, nothing is consumed.
+    from bridge.rocketmq.route_check import check
+
+    return check(config, f"source ons group={config.group_id}", config.topics, timeout_s)
+
+
 KIND = SourceKind(
     name="ons",
     config=OnsSourceConfig,
@@ -38,4 +45,5 @@ KIND = SourceKind(
     namespace=lambda c: f"ons/{c.group_id}",
     check=_check,
     requirements=ensure_native_library,
+    connect_check=_connect_check,
 )

@@ -14,20 +14,32 @@ Command line::
 
     python -m devtools.brokers.kafka --download-only
     python -m devtools.brokers.kafka --workdir .work/kafka [--port 9092]
+    python -m devtools.brokers.kafka --workdir .work/kafka --sasl-ssl-user bridge=PASSWORD
+
+Encrypted and authenticated (``sasl_ssl=SaslSsl(users=...)``): a second client listener,
+SASL_SSL, beside the PLAINTEXT one (which the readiness check, admin calls and test
+readers keep using). Its certificate comes from a CA made on the first start in
+``<workdir>/tls`` (``ca.pem`` is what clients trust: ``ssl.ca.location``); the users may
+log in with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (the SCRAM credentials are written by
+``kafka-storage format --add-scram``, so only into a fresh ``data/``).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # `confluent_kafka.admin` does not re-export it
 
+from devtools.brokers.certs import make_ca
 from devtools.brokers.processes import (
     DEFAULT_CACHE,
     LOG_TAIL_LINES,
@@ -49,6 +61,7 @@ __all__ = [
     "KAFKA_VERSION",
     "BrokerError",
     "KafkaBroker",
+    "SaslSsl",
     "ensure_kafka",
     "main",
 ]
@@ -100,6 +113,30 @@ logger.raftserver.level = info
 """
 
 
+#: The mechanisms the SASL_SSL listener accepts (each user may use any of them).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: What a user name or password may hold: they go into a JAAS string and into
+#: ``--add-scram 'SCRAM-SHA-256=[name=...,password=...]'`` unquoted.
+_SAFE_CREDENTIAL = re.compile(r"[A-Za-z0-9._~@+-]{1,64}")
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """An extra SASL_SSL client listener: its users (name -> password)."""
+
+    users: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.users:
+            raise ValueError("SaslSsl needs at least one user")
+        for name, password in self.users.items():
+            if not (_SAFE_CREDENTIAL.fullmatch(name) and _SAFE_CREDENTIAL.fullmatch(password)):
+                raise ValueError(
+                    f"SaslSsl user {name!r}: names and passwords are 1-64 characters "
+                    "of A-Z a-z 0-9 . _ ~ @ + -"
+                )
+
+
 class KafkaBroker(ManagedBroker):
     """One single-node Kafka (KRaft combined mode) owning ``workdir``.
 
@@ -117,6 +154,7 @@ class KafkaBroker(ManagedBroker):
         cache_dir: Path | None = None,
         heap_mb: int = 768,
         properties: dict[str, str] | None = None,
+        sasl_ssl: SaslSsl | None = None,
     ) -> None:
         """Pick the ports now (``port=0``: free ones) and keep them for the broker's lifetime.
 
@@ -124,6 +162,8 @@ class KafkaBroker(ManagedBroker):
         port has to be chosen by callers who want a fixed address. ``properties`` are
         ``server.properties`` settings added to (or replacing) the defaults below, e.g.
         ``transaction.abort.timed.out.transaction.cleanup.interval.ms`` for the chaos suite.
+        ``sasl_ssl`` adds the SASL_SSL listener (see the module doc) on a port of its own,
+        ``sasl_ssl_bootstrap``; clients trust ``ca_file``.
         """
         self.workdir = Path(workdir).resolve()
         self.cache_dir = cache_dir
@@ -135,6 +175,15 @@ class KafkaBroker(ManagedBroker):
         else:
             self.port, self.controller_port = pick_ports(2, exclude=set())
         self.bootstrap: str = f"127.0.0.1:{self.port}"
+        self.sasl_ssl = sasl_ssl
+        self.sasl_ssl_port = 0
+        if sasl_ssl is not None:
+            self.sasl_ssl_port = pick_ports(1, exclude={self.port, self.controller_port})[0]
+        #: host:port of the SASL_SSL listener ("" without one).
+        self.sasl_ssl_bootstrap = f"127.0.0.1:{self.sasl_ssl_port}" if sasl_ssl else ""
+        self.tls_dir = self.workdir / "tls"
+        #: The CA that signed the SASL_SSL listener's certificate (ssl.ca.location).
+        self.ca_file = self.tls_dir / "ca.pem"
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "kafka.log"
         self._jvm = JavaProcess("Kafka", self.log_path)
@@ -165,15 +214,23 @@ class KafkaBroker(ManagedBroker):
         listeners = (
             f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
         )
+        advertised = f"PLAINTEXT://127.0.0.1:{self.port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        sasl_ssl: dict[str, str] = {}
+        if self.sasl_ssl is not None:
+            listeners += f",SASL_SSL://{self.sasl_ssl_bootstrap}"
+            advertised += f",SASL_SSL://{self.sasl_ssl_bootstrap}"
+            protocols += ",SASL_SSL:SASL_SSL"
+            sasl_ssl = self._sasl_ssl_properties(self.sasl_ssl)
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "listeners": listeners,
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "advertised.listeners": advertised,
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": protocols,
             "log.dirs": str(self.data_dir),
             "auto.create.topics.enable": "true",
             "num.partitions": "1",
@@ -193,10 +250,36 @@ class KafkaBroker(ManagedBroker):
             # still tolerates multi-second stalls on a busy 2-core machine.
             "broker.session.timeout.ms": "4000",
             "broker.heartbeat.interval.ms": "500",
+            **sasl_ssl,
             **self.properties,
         }
         body = "".join(f"{key}={value}\n" for key, value in props.items())
         return "# Written by devtools.brokers.kafka; rewritten on every start.\n" + body
+
+    def _sasl_ssl_properties(self, sasl_ssl: SaslSsl) -> dict[str, str]:
+        prefix = "listener.name.sasl_ssl."
+        plain_users = " ".join(f'user_{u}="{p}"' for u, p in sasl_ssl.users.items())
+        props = {
+            f"{prefix}sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+            f"{prefix}plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            ),
+            # The key and chain from one PEM file; the key is not encrypted, so no password.
+            f"{prefix}ssl.keystore.type": "PEM",
+            f"{prefix}ssl.keystore.location": str(self.tls_dir / "server-keystore.pem"),
+        }
+        for mechanism in SASL_MECHANISMS[1:]:
+            props[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        return props
+
+    def _ensure_tls(self) -> None:
+        """The CA and the listener's certificate, made once per workdir (kept across
+        restarts, so clients' trust stays valid)."""
+        if (self.tls_dir / "server-keystore.pem").exists() and self.ca_file.exists():
+            return
+        make_ca(self.tls_dir, "ca", days=30).server_cert("server", days=30)
 
     def _java(self, lib: Path, heap: list[str], main: str, *args: str) -> list[str]:
         options = [
@@ -222,6 +305,7 @@ class KafkaBroker(ManagedBroker):
             cluster_id,
             "-c",
             str(self.workdir / "server.properties"),
+            *self._scram_arguments(),
         )
         result = run_captured(cmd, timeout_s=_FORMAT_TIMEOUT_S, what="kafka-storage format")
         with self.log_path.open("a") as log:
@@ -230,6 +314,16 @@ class KafkaBroker(ManagedBroker):
             raise BrokerError(
                 f"kafka-storage format failed (exit {result.returncode}):\n{tail(result.stdout)}"
             )
+
+    def _scram_arguments(self) -> list[str]:
+        if self.sasl_ssl is None:
+            return []
+        return [
+            arg
+            for mechanism in SASL_MECHANISMS[1:]
+            for user, password in self.sasl_ssl.users.items()
+            for arg in ("--add-scram", f"{mechanism}=[name={user},password={password}]")
+        ]
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -247,6 +341,8 @@ class KafkaBroker(ManagedBroker):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "server.properties").write_text(self._server_properties())
         (self.workdir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
+        if self.sasl_ssl is not None:
+            self._ensure_tls()
         self._jvm.mark(f"start {time.strftime('%Y-%m-%dT%H:%M:%S')} {self.bootstrap}")
         self._format_storage(lib)
 
@@ -352,15 +448,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="client port (default: a free one)")
     parser.add_argument("--heap-mb", type=int, default=768)
+    parser.add_argument(
+        "--sasl-ssl-user",
+        action="append",
+        default=[],
+        metavar="NAME=PASSWORD",
+        help="add a SASL_SSL listener (CA in <workdir>/tls/ca.pem) with this user; repeatable",
+    )
+
+    def build(args: argparse.Namespace) -> KafkaBroker:
+        users = dict(text.partition("=")[::2] for text in args.sasl_ssl_user)
+        return KafkaBroker(
+            args.workdir,
+            port=args.port,
+            cache_dir=args.cache_dir,
+            heap_mb=args.heap_mb,
+            sasl_ssl=SaslSsl(users) if users else None,
+        )
+
+    def describe(broker: KafkaBroker) -> tuple[str, str]:
+        ready = f"kafka ready at {broker.bootstrap}"
+        if broker.sasl_ssl is not None:
+            ready += f" (SASL_SSL at {broker.sasl_ssl_bootstrap}, CA {broker.ca_file})"
+        return ready, f"log: {broker.log_path}"
+
     return run_launcher(
         parser,
         argv,
         product=f"kafka {KAFKA_VERSION}",
         ensure=ensure_kafka,
-        build=lambda args: KafkaBroker(
-            args.workdir, port=args.port, cache_dir=args.cache_dir, heap_mb=args.heap_mb
-        ),
-        describe=lambda broker: (f"kafka ready at {broker.bootstrap}", f"log: {broker.log_path}"),
+        build=build,
+        describe=describe,
     )
 
 

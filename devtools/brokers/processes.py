@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -30,9 +31,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self, TypeVar
+from urllib.error import URLError
+from urllib.request import Request, urlopen
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -47,6 +51,7 @@ __all__ = [
     "launcher_parser",
     "pick_ports",
     "port_accepts",
+    "progress",
     "require_tool",
     "run_captured",
     "run_launcher",
@@ -187,14 +192,14 @@ def ensure_maven_jars(
         cmd = [
             mvn,
             "-B",
-            "-q",
+            "-Dstyle.color=never",
             "-f",
             str(local_pom),
             f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
             f"-DoutputDirectory={scratch}",
             "-DincludeScope=runtime",
         ]
-        result = run_captured(cmd, timeout_s=_MVN_TIMEOUT_S, what="mvn")
+        result = _download(cmd, mvn=mvn, pom=local_pom, product=product, home=home)
         missing = [jar for jar in required if not (scratch / jar).is_file()]
         if result.returncode != 0 or missing:
             raise BrokerError(
@@ -208,6 +213,151 @@ def ensure_maven_jars(
         tmp_marker.write_text(digest + "\n")
         tmp_marker.replace(marker)
     return lib
+
+
+# --------------------------------------------------------------------------------------------
+# Download progress
+# --------------------------------------------------------------------------------------------
+
+#: Where ``mvn`` downloads from (no settings.xml mirror on these machines); only asked for
+#: the sizes of the jars, for the percentage.
+_CENTRAL = "https://repo.maven.apache.org/maven2"
+#: ``group:artifact:jar[:classifier]:version:scope`` in ``dependency:tree``'s output.
+_TREE_LINE = re.compile(
+    r"(?P<g>[\w.\-]+):(?P<a>[\w.\-]+):jar:(?:(?P<c>[\w.\-]+):)?(?P<v>[\w.\-]+):"
+    r"(?:compile|runtime)\b"
+)
+#: ``Downloaded from central: https://.../x-1.jar (1.2 MB at 3.4 MB/s)``, one per file.
+_DOWNLOADED = re.compile(r"Downloaded from [^:]+: (?P<url>\S+) \(")
+#: A progress line at most this often (and at every tenth of the total).
+_PROGRESS_EVERY_S = 3.0
+
+
+def progress(text: str) -> None:
+    """A progress line of a long step, on stderr (stdout stays for the step's result)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _jar_paths(mvn: str, pom: Path, home: Path) -> list[str]:
+    """Repository paths (``org/x/y/1.0/y-1.0.jar``) of the runtime jars of ``pom``.
+
+    ``dependency:tree`` only collects (it fetches the poms, not the jars). Empty when it
+    fails: the download itself then runs without a total and reports the failure.
+    """
+    out = home / "tree.txt"
+    cmd = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom),
+           f"{_DEPENDENCY_PLUGIN}:tree", f"-DoutputFile={out}"]  # fmt: skip
+    try:
+        result = run_captured(cmd, timeout_s=_MVN_TIMEOUT_S, what="mvn dependency:tree")
+    except BrokerError:
+        return []
+    if result.returncode != 0 or not out.is_file():
+        return []
+    paths = []
+    for m in _TREE_LINE.finditer(out.read_text()):
+        group, artifact, version, classifier = m["g"], m["a"], m["v"], m["c"]
+        name = f"{artifact}-{version}{'-' + classifier if classifier else ''}.jar"
+        paths.append(f"{group.replace('.', '/')}/{artifact}/{version}/{name}")
+    return sorted(set(paths))
+
+
+def _local_repo() -> Path:
+    """The local Maven repository: ``-Dmaven.repo.local`` in ``MAVEN_OPTS``, else ~/.m2's."""
+    m = re.search(r"-Dmaven\.repo\.local=(\S+)", os.environ.get("MAVEN_OPTS", ""))
+    return Path(m[1]) if m else Path.home() / ".m2" / "repository"
+
+
+def _remote_size(path: str) -> int | None:
+    try:
+        request = Request(f"{_CENTRAL}/{path}", method="HEAD")  # noqa: S310 - fixed https URL
+        with urlopen(request, timeout=10) as response:  # noqa: S310
+            length = response.headers.get("Content-Length")
+            return int(length) if length and length.isdigit() else None
+    except (URLError, OSError, ValueError):
+        return None
+
+
+def _download(
+    cmd: Sequence[str], *, mvn: str, pom: Path, product: str, home: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run ``mvn ... copy-dependencies`` with progress lines on stderr.
+
+    First the jar list (``dependency:tree``) and each jar's size from Maven Central (HEAD
+    requests, 8 at a time) for those not yet in the local Maven repository; then the
+    download, counting mvn's "Downloaded from" lines against that total::
+
+        downloading Kafka 4.1.1 from Maven Central (first run only) ...
+          Kafka 4.1.1: 61 jars to fetch, 41.9 MB
+          Kafka 4.1.1: 12.3 of 41.9 MB (29%), 17 of 61 jars
+          Kafka 4.1.1: downloaded 41.9 MB in 31 s
+    """
+    started = time.monotonic()
+    progress(f"downloading {product} from Maven Central (first run only) ...")
+    local_repo = _local_repo()
+    paths = [p for p in _jar_paths(mvn, pom, home) if not (local_repo / p).is_file()]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = dict(zip(paths, pool.map(_remote_size, paths), strict=True))
+    total = sum(size or 0 for size in sizes.values())
+    if paths:
+        progress(f"  {product}: {len(paths)} jars to fetch, {_mb(total)}")
+    done_bytes = done_jars = 0
+    last_line, last_tenth = time.monotonic(), 0
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        list(cmd),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(_MVN_TIMEOUT_S, on_timeout)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            m = _DOWNLOADED.search(line)
+            if m is None or not m["url"].endswith(".jar"):
+                continue
+            path = m["url"].split("/maven2/", 1)[-1]
+            if path not in sizes:  # a plugin's jar, not one of ours
+                continue
+            done_jars += 1
+            done_bytes += sizes[path] or 0
+            now = time.monotonic()
+            tenth = done_bytes * 10 // total if total else 0
+            if now - last_line >= _PROGRESS_EVERY_S or tenth > last_tenth:
+                last_line, last_tenth = now, tenth
+                share = f" ({done_bytes * 100 // total}%)" if total else ""
+                of_jars = f" of {len(paths)}" if paths else ""
+                progress(
+                    f"  {product}: {_mb(done_bytes)} of {_mb(total)}{share}, "
+                    f"{done_jars}{of_jars} jars"
+                )
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    took = time.monotonic() - started
+    if code == 0:
+        progress(f"  {product}: downloaded {_mb(done_bytes)} in {took:.0f} s")
+    elif timed_out.is_set():
+        raise BrokerError(
+            f"mvn did not finish within {_MVN_TIMEOUT_S:.0f}s:\n{tail(''.join(lines))}"
+        )
+    return subprocess.CompletedProcess(list(cmd), code, "".join(lines), None)
 
 
 # --------------------------------------------------------------------------------------------

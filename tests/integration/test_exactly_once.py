@@ -146,7 +146,7 @@ async def test_a_new_bridge_knows_what_an_earlier_one_committed(
             assert repush(sim, ids) == 2_000
             await wait_for(lambda: sim.stats.duplicate_confirms >= 2_000, 60, "confirms")
             absorbed = duplicates_committed(second)
-            ids_metric = second.metrics.registry.get_sample_value("bridge_dedup_remembered_ids")
+            ids_metric = second.metrics.registry.get_sample_value("tmc_bridge_dedup_remembered_ids")
         after = await read_back(kafka.bootstrap, topics.all)
     assert absorbed == 2_000
     assert ids_metric is not None and ids_metric >= 2_000

@@ -116,8 +116,8 @@ async def test_items_are_shed_only_while_the_backlog_is_above_the_threshold(
 
             async def watch() -> None:
                 while True:
-                    in_flight = sample(metrics, "bridge_pipeline_in_flight_messages")
-                    dropped = sample(metrics, "bridge_filter_messages_total", labels)
+                    in_flight = sample(metrics, "tmc_bridge_pipeline_in_flight_messages")
+                    dropped = sample(metrics, "tmc_bridge_filter_messages_total", labels)
                     samples.append((in_flight, dropped))
                     await asyncio.sleep(0.01)
 
@@ -125,7 +125,7 @@ async def test_items_are_shed_only_while_the_backlog_is_above_the_threshold(
             backlog = sim.publish_events(events(1500, 10**15))
             await wait_for(lambda: sim.stats.confirmed == 1500, 90, "the backlog settled")
             watcher.cancel()
-            dropped = sample(metrics, "bridge_filter_messages_total", labels)
+            dropped = sample(metrics, "tmc_bridge_filter_messages_total", labels)
             assert dropped > 0, "nothing was shed"
             # Drops happened while the pipeline held more than the threshold.
             assert max(n for n, _ in samples) > THRESHOLD
@@ -138,7 +138,7 @@ async def test_items_are_shed_only_while_the_backlog_is_above_the_threshold(
             await wait_for(lambda: bridge.pipeline.in_flight == 0, 30, "the pipeline emptied")
             calm = sim.publish_events(events(200, 2 * 10**15))
             await wait_for(lambda: sim.stats.confirmed == 1700, 60, "the calm part settled")
-            assert sample(metrics, "bridge_filter_messages_total", labels) == dropped
+            assert sample(metrics, "tmc_bridge_filter_messages_total", labels) == dropped
 
         arrived = await read_out(kafka.bootstrap, topics.all)
         ids = [a.message_id for a in arrived]
@@ -176,7 +176,7 @@ async def test_a_divert_rule_sends_one_sellers_messages_to_its_topic(
             ids = sim.publish_events(events(400, 3 * 10**15, [SHOP_A, SHOP_B]))
             await wait_for(lambda: sim.stats.confirmed == 400, 60, "all confirmed")
             labels = {"rule": "shop-b-aside", "action": "divert", "reason": "seller_deny"}
-            assert sample(bridge.metrics, "bridge_filter_messages_total", labels) == 200
+            assert sample(bridge.metrics, "tmc_bridge_filter_messages_total", labels) == 200
         arrived = await read_out(kafka.bootstrap, [*topics.all, low])
         assert sorted(a.message_id for a in arrived) == sorted(ids)
         for a in arrived:

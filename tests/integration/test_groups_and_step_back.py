@@ -69,10 +69,10 @@ async def test_two_groups_each_deliver_to_their_own_routes(
         assert {a.message_id for a in arrived if a.topic == vip_topic} == vip_ids
         assert {a.message_id for a in arrived if a.topic != vip_topic} == default_ids
         for group, count in (("default", 600), ("vip", 400)):
-            got = _sample(samples, "bridge_source_group_messages_total", group=group)
+            got = _sample(samples, "tmc_bridge_source_group_messages_total", group=group)
             # received + confirmed, no redelivery in this run
             assert got == 2 * count, (group, got)
-            up = _sample(samples, "bridge_source_connection_up", group=group)
+            up = _sample(samples, "tmc_bridge_source_connection_up", group=group)
             assert up == (1 if group == "default" else 2)
 
 

@@ -148,7 +148,7 @@ async def test_hostile_pushes_never_stop_the_bridge(kafka: KafkaBroker, topics: 
             skipped = sum(
                 v
                 for (name, labels), v in _samples(bridge).items()
-                if name == "bridge_source_skipped_frames_total"
+                if name == "tmc_bridge_source_skipped_frames_total"
             )
             assert skipped == sum(1 for c in CASES if c.dead_id is None)
 

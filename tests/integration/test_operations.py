@@ -78,32 +78,32 @@ async def test_metrics_match_the_simulator_and_kafka(kafka: KafkaBroker, topics:
     ledger_topics = collections.Counter(m["topic"] for m in sim.ledger())
     for topic, count in ledger_topics.items():
         labels = {"source": "tmc", "topic": topic}
-        assert total_of("bridge_source_received_messages_total", **labels) == count, topic
-        assert total_of("bridge_source_confirmed_messages_total", **labels) == count, topic
-    assert total_of("bridge_source_confirmed_messages_total") == sim.stats.confirmed
-    duplicates = total_of("bridge_source_duplicate_messages_total")
-    assert total_of("bridge_source_received_messages_total") + duplicates == sim.stats.pushes
+        assert total_of("tmc_bridge_source_received_messages_total", **labels) == count, topic
+        assert total_of("tmc_bridge_source_confirmed_messages_total", **labels) == count, topic
+    assert total_of("tmc_bridge_source_confirmed_messages_total") == sim.stats.confirmed
+    duplicates = total_of("tmc_bridge_source_duplicate_messages_total")
+    assert total_of("tmc_bridge_source_received_messages_total") + duplicates == sim.stats.pushes
 
     in_kafka = collections.Counter(a.topic for a in arrived)
     for topic in topics.all:
-        produced = total_of("bridge_sink_produced_messages_total", sink="kafka", topic=topic)
+        produced = total_of("tmc_bridge_sink_produced_messages_total", sink="kafka", topic=topic)
         assert produced == in_kafka[topic], topic
     assert in_kafka[topics.dlq] == 1
-    assert total_of("bridge_sink_dead_lettered_messages_total", sink="kafka") == 1
+    assert total_of("tmc_bridge_sink_dead_lettered_messages_total", sink="kafka") == 1
 
-    committed = total_of("bridge_sink_transactions_total", outcome="committed")
+    committed = total_of("tmc_bridge_sink_transactions_total", outcome="committed")
     assert committed == stats.batches > 0
-    assert total_of("bridge_pipeline_batch_size_messages_count") == committed
-    assert total_of("bridge_pipeline_batch_size_messages_sum") == total
-    assert total_of("bridge_pipeline_confirm_latency_seconds_count") == total
-    assert total_of("bridge_source_publish_lag_seconds_count") == total
-    assert total_of("bridge_sink_commit_duration_seconds_count") == committed
-    assert total_of("bridge_pipeline_in_flight_messages") == 0
+    assert total_of("tmc_bridge_pipeline_batch_size_messages_count") == committed
+    assert total_of("tmc_bridge_pipeline_batch_size_messages_sum") == total
+    assert total_of("tmc_bridge_pipeline_confirm_latency_seconds_count") == total
+    assert total_of("tmc_bridge_source_publish_lag_seconds_count") == total
+    assert total_of("tmc_bridge_sink_commit_duration_seconds_count") == committed
+    assert total_of("tmc_bridge_pipeline_in_flight_messages") == 0
     for connection in ("0", "1"):
-        assert total_of("bridge_source_connection_up", connection=connection) == 1
-    assert total_of("bridge_sink_up", sink="kafka") == 1
-    assert total_of("bridge_app_ready") == 1
-    assert total_of("bridge_app_draining") == 0
+        assert total_of("tmc_bridge_source_connection_up", connection=connection) == 1
+    assert total_of("tmc_bridge_sink_up", sink="kafka") == 1
+    assert total_of("tmc_bridge_app_ready") == 1
+    assert total_of("tmc_bridge_app_draining") == 0
 
 
 async def test_readyz_follows_login_and_the_broker_and_a_stuck_drain_confirms_nothing(
@@ -149,8 +149,8 @@ async def test_readyz_follows_login_and_the_broker_and_a_stuck_drain_confirms_no
                 body = await wait_ready(http, 503, 30, "broker stopped while idle")
                 assert body.startswith("not ready: kafka sink"), body
                 samples = await scrape(http)
-                assert harness.metric_sum(samples, "bridge_sink_up") == 0
-                assert harness.metric_sum(samples, "bridge_app_ready") == 0
+                assert harness.metric_sum(samples, "tmc_bridge_sink_up") == 0
+                assert harness.metric_sum(samples, "tmc_bridge_app_ready") == 0
 
                 await asyncio.to_thread(own.start)
                 await wait_ready(http, 200, 60, "broker back")

@@ -248,10 +248,10 @@ def test_scenario_selection() -> None:
 
 def test_absorbed_redeliveries_from_metrics() -> None:
     text = """\
-# HELP bridge_source_duplicate_messages_total Redeliveries absorbed
-# TYPE bridge_source_duplicate_messages_total counter
-bridge_source_duplicate_messages_total{kind="in_flight",source="tmc"} 40.0
-bridge_source_duplicate_messages_total{kind="committed",source="tmc"} 12.0
+# HELP tmc_bridge_source_duplicate_messages_total Redeliveries absorbed
+# TYPE tmc_bridge_source_duplicate_messages_total counter
+tmc_bridge_source_duplicate_messages_total{kind="in_flight",source="tmc"} 40.0
+tmc_bridge_source_duplicate_messages_total{kind="committed",source="tmc"} 12.0
 """
     assert chaos.absorbed_in(text) == 12
     assert chaos.absorbed_in("") == 0

@@ -408,7 +408,7 @@ def pipeline(sink: ScriptedSink, *rules_: dict[str, Any], **cfg: Any) -> Pipelin
 
 def filtered(p: Pipeline, rule: str, action: str, reason: str) -> float:
     value = p.metrics.registry.get_sample_value(
-        "bridge_filter_messages_total", {"rule": rule, "action": action, "reason": reason}
+        "tmc_bridge_filter_messages_total", {"rule": rule, "action": action, "reason": reason}
     )
     return value or 0.0
 

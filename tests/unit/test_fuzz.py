@@ -1816,7 +1816,7 @@ def test_fuzz_metrics_after_hostile_messages(fuzz_report: FuzzReport) -> None:
             with one_input(prop_name):
                 pipeline, _ = runner.run(through_pipeline(messages))
                 text = generate_latest(pipeline.metrics.registry)
-            assert b"bridge_source_received_messages_total" in text
+            assert b"tmc_bridge_source_received_messages_total" in text
             saw(prop_name, "rendered")
 
         run_property(prop_name, prop, fuzz_report, needs=["rendered"])

@@ -213,5 +213,5 @@ async def test_ons_topic_with_a_lone_surrogate_leaves_metrics_renderable() -> No
     await pipeline.run()
     await pipeline.shutdown()
     text = generate_latest(pipeline.metrics.registry)
-    assert b"bridge_source_received_messages_total" in text
+    assert b"tmc_bridge_source_received_messages_total" in text
     assert b'topic="?"' in text

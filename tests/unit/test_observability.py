@@ -15,7 +15,7 @@ import structlog
 
 from bridge.observability import logging as obs_logging
 from bridge.observability.http import HealthServer
-from bridge.observability.metrics import Metrics, metric_names
+from bridge.observability.metrics import PREFIX, Metrics, metric_names
 from devtools.harness import http_get as get
 
 
@@ -39,7 +39,8 @@ async def test_endpoints_answer_from_their_own_thread() -> None:
     try:
         status, body = await asyncio.to_thread(get, server.port, "/metrics")
         assert status == 200
-        assert 'bridge_source_received_messages_total{source="tmc",topic=' in body
+        assert 'tmc_bridge_source_received_messages_total{source="tmc",topic=' in body
+        assert "_created" not in body  # no creation-time series beside the counters
         assert "process_cpu_seconds_total" in body
         assert await asyncio.to_thread(get, server.port, "/readyz") == (
             503,
@@ -75,10 +76,21 @@ async def test_livez_fails_while_the_event_loop_is_blocked() -> None:
 
 
 def test_metric_names_follow_the_naming_rule() -> None:
-    names = metric_names(Metrics())
+    """tmc_bridge_<component>_..., beside the client library's process_/python_ families
+    only, and no _created series (they would double the samples of every counter)."""
+    metrics = Metrics()
+    metrics.received("tmc", "taobao_trade_TradeCreate", int(time.time() * 1000))
+    metrics.transaction("kafka", "retried")
+    families = list(metrics.registry.collect())
+    for family in families:
+        assert family.name.startswith((PREFIX, "process_", "python_")), family.name
+        for sample in family.samples:
+            assert not sample.name.endswith("_created"), sample.name
+    names = metric_names(metrics)
     assert len(names) > 20
     for name in names:
-        component = name.split("_")[1]
+        assert name.startswith(PREFIX), name
+        component = name.removeprefix(PREFIX).split("_")[0]
         assert component in {"app", "source", "pipeline", "filter", "sink", "dedup"}, name
 
 
@@ -115,14 +127,25 @@ def test_dashboard_and_alerts_use_only_metrics_the_bridge_exposes() -> None:
     exposed = metric_names(Metrics())
     dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     rules = (CHART / "templates" / "prometheusrule.yaml").read_text()
-    used_in_dashboard = set(re.findall(r"\bbridge_[a-z_]+", " ".join(exprs)))
-    used_in_rules = set(re.findall(r"\bbridge_[a-z_]+", rules))
+    used_in_dashboard = set(re.findall(rf"\b{PREFIX}[a-z_]+", " ".join(exprs)))
+    used_in_rules = set(re.findall(rf"\b{PREFIX}[a-z_]+", rules))
     assert used_in_dashboard - exposed == set()
     assert used_in_rules - exposed == set()
-    # Every alert the issue asks for is there.
-    for alert in ("NotConfirming", "PublishLagHigh", "ReconnectStorm", "DeadLetters", "SinkErrors"):
+    # No name left over from before the prefix (\b: not the tail of tmc_bridge_...).
+    old = re.compile(r"\bbridge_(app|source|pipeline|filter|sink|dedup)_")
+    assert not old.search(" ".join(exprs)) and not old.search(rules)
+    # Grafana picks the step: no fixed rate window in the panels.
+    assert not [e for e in exprs if re.search(r"\[\d+[smh]\]", e)]
+    # Every alert the issues ask for is there.
+    for alert in (
+        "PodDown", "SourceNotLoggedIn", "SteppedBack", "NoMessages", "NotConfirming",
+        "SinkFailing", "SinkErrors", "DeadLetters", "SkippedFrames", "PublishLagHigh",
+        "ReconnectStorm", "NotReady",
+    ):  # fmt: skip
         assert f"alert: TmcBridge{alert}" in rules
-    assert {"bridge_source_publish_lag_seconds_bucket", "bridge_sink_errors_total"} <= (
+    assert "service=" not in rules  # the rules must work without the ServiceMonitor
+    assert {f"{PREFIX}source_publish_lag_seconds_bucket", f"{PREFIX}sink_errors_total"} <= (
         used_in_dashboard & used_in_rules
     )

@@ -270,29 +270,31 @@ async def test_metrics_count_what_the_pipeline_did() -> None:
     await p.submit(delivery(log, 3))  # a redelivery while held
     bad = Delivery(SourceMessage("tmc", 99, "taobao_item_ItemAdd", b"not json"), [Ack(log, 99)])
     await p.submit(bad)
-    assert sample(p, "bridge_pipeline_in_flight_messages") == 9
+    assert sample(p, "tmc_bridge_pipeline_in_flight_messages") == 9
     await drain(p)
 
     trade = {"source": "tmc", "topic": "taobao_trade_TradeCreate"}
-    assert sample(p, "bridge_source_received_messages_total", **trade) == 8
-    assert sample(p, "bridge_source_confirmed_messages_total", **trade) == 8
-    assert sample(p, "bridge_source_duplicate_messages_total", source="tmc", kind="in_flight") == 1
+    assert sample(p, "tmc_bridge_source_received_messages_total", **trade) == 8
+    assert sample(p, "tmc_bridge_source_confirmed_messages_total", **trade) == 8
+    dups = "tmc_bridge_source_duplicate_messages_total"
+    assert sample(p, dups, source="tmc", kind="in_flight") == 1
     sink_topic = {"sink": "scripted", "topic": "tmc.messages"}
     # 8 trades and the unparseable item: one record each, two of them dead letters.
-    assert sample(p, "bridge_sink_produced_messages_total", **sink_topic) == 7
-    assert sample(p, "bridge_sink_produced_messages_total", sink="scripted", topic="tmc.dlq") == 2
-    dead = "bridge_sink_dead_lettered_messages_total"
+    assert sample(p, "tmc_bridge_sink_produced_messages_total", **sink_topic) == 7
+    produced = "tmc_bridge_sink_produced_messages_total"
+    assert sample(p, produced, sink="scripted", topic="tmc.dlq") == 2
+    dead = "tmc_bridge_sink_dead_lettered_messages_total"
     assert sample(p, dead, sink="scripted", source_topic="taobao_trade_TradeCreate") == 1
     assert sample(p, dead, sink="scripted", source_topic="taobao_item_ItemAdd") == 1
-    tx = "bridge_sink_transactions_total"
+    tx = "tmc_bridge_sink_transactions_total"
     assert sample(p, tx, sink="scripted", outcome="committed") == 3
     assert sample(p, tx, sink="scripted", outcome="aborted") == 2
     assert sample(p, tx, sink="scripted", outcome="retried") == 2
-    assert sample(p, "bridge_sink_errors_total", sink="scripted", error_class="_TRANSPORT") == 1
-    assert sample(p, "bridge_pipeline_batch_size_messages_count") == 3
-    assert sample(p, "bridge_pipeline_batch_size_messages_sum") == 9
-    assert sample(p, "bridge_pipeline_confirm_latency_seconds_count", source="tmc") == 9
-    assert sample(p, "bridge_pipeline_in_flight_messages") == 0
+    assert sample(p, "tmc_bridge_sink_errors_total", sink="scripted", error_class="_TRANSPORT") == 1
+    assert sample(p, "tmc_bridge_pipeline_batch_size_messages_count") == 3
+    assert sample(p, "tmc_bridge_pipeline_batch_size_messages_sum") == 9
+    assert sample(p, "tmc_bridge_pipeline_confirm_latency_seconds_count", source="tmc") == 9
+    assert sample(p, "tmc_bridge_pipeline_in_flight_messages") == 0
 
 
 async def test_failed_back_messages_are_counted_per_topic() -> None:
@@ -304,8 +306,8 @@ async def test_failed_back_messages_are_counted_per_topic() -> None:
     await drain(p)
     assert ("fail", 0) in log
     trade = {"source": "tmc", "topic": "taobao_trade_TradeCreate"}
-    assert sample(p, "bridge_source_failed_messages_total", **trade) == 3
-    assert sample(p, "bridge_source_confirmed_messages_total", **trade) == 0
+    assert sample(p, "tmc_bridge_source_failed_messages_total", **trade) == 3
+    assert sample(p, "tmc_bridge_source_confirmed_messages_total", **trade) == 0
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -322,7 +324,7 @@ async def test_sink_problem_follows_probes_failures_and_stalls() -> None:
     assert p.sink_problem() == "sink starting"
     await p.start_sink()
     assert p.sink_problem() is None
-    assert sample(p, "bridge_sink_up", sink="scripted") == 1
+    assert sample(p, "tmc_bridge_sink_up", sink="scripted") == 1
     # An idle probe that fails makes the sink not ready until one succeeds.
     sink.probes = [SinkError("metadata timed out")] * 10_000
     writer = asyncio.create_task(p.run())
@@ -337,7 +339,7 @@ async def test_sink_problem_follows_probes_failures_and_stalls() -> None:
     await asyncio.sleep(0.3)
     problem = p.sink_problem()
     assert problem is not None and "stalled" in problem
-    assert sample(p, "bridge_sink_up", sink="scripted") == 0
+    assert sample(p, "tmc_bridge_sink_up", sink="scripted") == 0
     sink.gate.set()
     await asyncio.sleep(0.005)
     sink.ready = False
@@ -403,9 +405,10 @@ async def test_metric_topic_labels_are_bounded() -> None:
     names = {
         s.labels["topic"]
         for fam in p.metrics.registry.collect()
-        if fam.name == "bridge_source_received_messages"
+        if fam.name == "tmc_bridge_source_received_messages"
         for s in fam.samples
         if s.name.endswith("_total")
     }
     assert len(names) == 501 and "(other)" in names
-    assert sample(p, "bridge_source_received_messages_total", source="tmc", topic="(other)") == 20
+    received = "tmc_bridge_source_received_messages_total"
+    assert sample(p, received, source="tmc", topic="(other)") == 20

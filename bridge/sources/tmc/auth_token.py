@@ -15,12 +15,14 @@ in ``/readyz``, retried after the usual back-off.
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urlsplit
 
 from bridge.config_fields import public_url
 from bridge.errors import LoginError, TmcError
-from bridge.sources.tmc import platform_errors
+from bridge.sources.tmc import platform_errors, tls
 
 if TYPE_CHECKING:
     import httpx
@@ -81,8 +83,11 @@ class AuthTokenSource:
         sign_method: SignMethod = "hmac-sha256",
         timeout_s: float = 10.0,
         client: httpx.AsyncClient | None = None,
+        tls_ca_file: Path | None = None,
+        tls_verify: bool = True,
     ) -> None:
         self.api_url = api_url
+        self._tls = (tls_ca_file, tls_verify)
         self.app_key = app_key
         self._secret = secret
         self.sign_method: SignMethod = sign_method
@@ -102,10 +107,17 @@ class AuthTokenSource:
             secret,
             sign_method=config.api_sign_method,
             timeout_s=config.connect_timeout_s,
+            tls_ca_file=config.tls_ca_file,
+            tls_verify=config.tls_verify,
         )
 
     def __repr__(self) -> str:  # never the secret
         return f"AuthTokenSource({public_url(self.api_url)!r}, app_key={self.app_key!r})"
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if not self.api_url.lower().startswith("https://"):
+            return True
+        return tls.client_context(*self._tls, section=SECTION)
 
     async def fetch(self, group: str) -> str:
         """A fresh token for a CONNECT to ``group``. Raises :class:`AuthTokenError`."""
@@ -121,6 +133,8 @@ class AuthTokenSource:
             client=self._client,
             config_section=SECTION,
             url_key=URL_KEY,
+            # https://: source.tmc.tls_ca_file (an OSError naming it if unusable)
+            verify=self._verify(),
         )
         try:
             # Idempotent (a second token is as good as the first): safe to send again

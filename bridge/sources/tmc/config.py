@@ -78,6 +78,12 @@ class TmcSourceConfig(_Model):
     api_url: str = "https://eco.taobao.com/router/rest"
     #: How the taobao.tmc.auth.get call is signed.
     api_sign_method: Literal["md5", "hmac", "hmac-sha256"] = "hmac-sha256"
+    #: A PEM bundle of the CA certificates that a ``wss://`` url's (and an ``https://``
+    #: api_url's) certificate must chain to, instead of the system's store (a private CA).
+    tls_ca_file: Path | None = None
+    #: Check the server's certificate and name. Off is for tests only: anyone on the path
+    #: could then pose as TMC. See bridge/sources/tmc/tls.py.
+    tls_verify: bool = True
 
     @field_validator("url")
     @classmethod

@@ -18,7 +18,7 @@ id is valid but whose other fields are not (a bad time, content that is not gzip
 inflates past ``max_content_bytes``, a frame over ``max_frame_bytes``) is handed on
 marked malformed, so the pipeline dead-letters it and then confirms it. A frame that
 cannot be confirmed (not a frame at all, a push without a valid int64 id) is logged
-with the reason, counted in ``bridge_source_skipped_frames_total`` and skipped: the
+with the reason, counted in ``tmc_bridge_source_skipped_frames_total`` and skipped: the
 server redelivers it later, and the session goes on. The connection task itself logs
 every exit with its reason (an unexpected exception with its traceback), shows it in
 ``/readyz`` while no connection is logged in, and reconnects with the usual back-off.
@@ -54,7 +54,7 @@ from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.ports import Ack, Source, Submit
 from bridge.retry import Backoff
-from bridge.sources.tmc import platform_errors, transport
+from bridge.sources.tmc import platform_errors, tls, transport
 from bridge.sources.tmc.auth_token import AuthTokenError, AuthTokenSource
 from bridge.sources.tmc.config import TmcSourceConfig
 from bridge.sources.tmc.session import ClientSession, Ignored, LoggedIn, Push, Rejected
@@ -271,6 +271,8 @@ class _Connection:
             open_timeout=cfg.connect_timeout_s,
             close_timeout=2,
             user_agent_header=None,
+            # wss://: the system's CAs, or source.tmc.tls_ca_file (an OSError naming it).
+            ssl=tls.ws_ssl(cfg.url, cfg.tls_ca_file, cfg.tls_verify, section="source.tmc"),
         ) as ws:
             self._ws = ws
             if self._stepped_back:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import public_url
-from bridge.kinds import SourceKind
+from bridge.kinds import Reached, SourceKind
 from bridge.sources.tmc.config import TmcSourceConfig
 
 if TYPE_CHECKING:
@@ -31,6 +31,12 @@ def _summary(config: TmcSourceConfig) -> str:
     return f"tmc {public_url(config.url)} app_key={config.app_key} groups={groups}"
 
 
+def _connect_check(config: TmcSourceConfig, timeout_s: float) -> list[Reached]:
+    from bridge.sources.tmc.connect_check import check
+
+    return check(config, timeout_s)
+
+
 KIND = SourceKind(
     name="tmc",
     config=TmcSourceConfig,
@@ -41,4 +47,5 @@ KIND = SourceKind(
     namespace=lambda c: f"tmc/{c.app_key}",
     check=_check,
     groups=lambda c: c.group_names(),
+    connect_check=_connect_check,
 )

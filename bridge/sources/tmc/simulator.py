@@ -33,6 +33,9 @@ What it does, as the real server is documented to:
 HTTP control (same port as the WebSocket, any other path is the TMC endpoint):
 ``GET /_sim/stats``, ``GET /_sim/ledger``, ``GET /_sim/publish?count=N``,
 ``GET /_sim/fault?name=NAME[&group=G][&param=value...]`` (see :data:`FAULTS`).
+
+TLS (``tls_cert``/``tls_key`` or ``ssl_context``): the same port serves ``wss://`` and
+the gateway and control paths on ``https://``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import contextlib
 import gzip
 import json
 import random
+import ssl
 import time
 import uuid
 from array import array
@@ -59,6 +63,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from bridge.errors import ConfigError
 from bridge.sources.tmc import codec
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event, OrderGenerator
 from bridge.sources.tmc.server import (
@@ -243,6 +248,11 @@ class SimulatorConfig:
     #: Refuse every login (valid sign or not) with login_error_code / login_error_phrase,
     #: e.g. as the platform refuses an app that has not enabled the message service.
     refuse_logins: bool = False
+    #: TLS: serve ``wss://`` (and the gateway on ``https://``) with this PEM certificate
+    #: (chain) and key; or give a ready server ``ssl_context`` instead of both.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    ssl_context: ssl.SSLContext | None = None
 
 
 @dataclass(slots=True)
@@ -454,6 +464,7 @@ class Simulator:
             ping_timeout=None,  # the server pings but never requires a pong
             max_size=_MAX_SIZE,
             create_connection=_Connection,
+            ssl=self._server_ssl(),
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
@@ -469,9 +480,39 @@ class Simulator:
         )
         return self.port
 
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if cfg.ssl_context is not None:
+            return cfg.ssl_context
+        if cfg.tls_cert is None and cfg.tls_key is None:
+            return None
+        if cfg.tls_cert is None:
+            raise ConfigError("simulator: tls_key (--tls-key) needs tls_cert (--tls-cert)")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+            raise ConfigError(
+                f"simulator: TLS certificate {cfg.tls_cert} / key {cfg.tls_key}: {reason}"
+            ) from None
+        return ctx
+
+    @property
+    def tls(self) -> bool:
+        """True when serving wss:// (and https:// for the gateway)."""
+        cfg = self.config
+        return cfg.ssl_context is not None or cfg.tls_cert is not None
+
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}/"
+        return f"{'wss' if self.tls else 'ws'}://{self.config.host}:{self.port}/"
+
+    @property
+    def gateway_url(self) -> str:
+        """The TOP gateway on the same port (``https://`` when serving TLS)."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.config.host}:{self.port}{GATEWAY_PATH}"
 
     async def stop(self) -> None:
         for task in self._tasks:

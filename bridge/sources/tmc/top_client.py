@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -272,6 +273,7 @@ class TopClient:
         client: httpx.AsyncClient | None = None,
         config_section: str = "source.tmc",
         url_key: str = "api_url",
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = url
         self.config_section = config_section
@@ -288,6 +290,7 @@ class TopClient:
             headers={"User-Agent": _PARTNER_ID},
             follow_redirects=False,
             trust_env=True,
+            verify=verify,  # an https:// gateway's CAs (<section>.tls_ca_file)
         )
 
     def __repr__(self) -> str:  # never the secret

@@ -57,6 +57,11 @@ class TmcHttpSourceConfig(_Model):
     #: out the last of them, so TMC has put them back in its queue, in order (taken
     #: earlier, newer events of the same order would come first).
     server_confirm_timeout_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    #: A PEM bundle of the CA certificates that an ``https://`` url's certificate must
+    #: chain to, instead of the system's store (a private CA).
+    tls_ca_file: Path | None = None
+    #: Check the gateway's certificate and name. Off is for tests only.
+    tls_verify: bool = True
 
     @field_validator("url")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bridge.config_fields import public_url
-from bridge.kinds import SourceKind
+from bridge.kinds import Reached, SourceKind
 from bridge.sources.tmc_http.config import TmcHttpSourceConfig
 
 if TYPE_CHECKING:
@@ -28,6 +28,12 @@ def _check(config: TmcHttpSourceConfig) -> None:
     config.secret()  # the secret file must be readable
 
 
+def _connect_check(config: TmcHttpSourceConfig, timeout_s: float) -> list[Reached]:
+    from bridge.sources.tmc_http.connect_check import check
+
+    return check(config, timeout_s)
+
+
 KIND = SourceKind(
     name="tmc_http",
     config=TmcHttpSourceConfig,
@@ -38,4 +44,5 @@ KIND = SourceKind(
     log_fields=lambda c: {"group": c.group, "quantity": c.quantity, "sign_method": c.sign_method},
     namespace=lambda c: f"tmc/{c.app_key}",
     check=_check,
+    connect_check=_connect_check,
 )

@@ -32,6 +32,7 @@ lost, not its request: see :mod:`~bridge.sources.tmc.top_client`).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ from bridge.model import Delivery, SourceMessage
 from bridge.observability.metrics import Metrics
 from bridge.pipeline.ports import Source, Submit
 from bridge.retry import Backoff
+from bridge.sources.tmc import tls
 from bridge.sources.tmc.top_client import TopCallError, TopClient, TopTransportError
 from bridge.sources.tmc_http.config import MAX_CONFIRM_IDS, TmcHttpSourceConfig
 from bridge.sources.tmc_http.parse import Skipped, parse_consume
@@ -125,6 +127,7 @@ class TmcHttpSource(Source):
             client=client,
             config_section=SECTION,
             url_key="url",
+            verify=_verify(config),
         )
         self._log = log.bind(group=config.group)
         self._running = asyncio.Event()  # set: consume calls may go out (not paused)
@@ -466,6 +469,17 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         await asyncio.wait({waiter}, timeout=timeout_s)
     finally:
         waiter.cancel()
+
+
+def _verify(cfg: TmcHttpSourceConfig) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for ``cfg.url``: an unusable ``tls_ca_file`` is a ConfigError
+    at start-up (the client is made once, here)."""
+    if not cfg.url.lower().startswith("https://"):
+        return True
+    try:
+        return tls.client_context(cfg.tls_ca_file, cfg.tls_verify, section=SECTION)
+    except OSError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _reason(exc: BaseException) -> str:

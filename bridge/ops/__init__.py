@@ -1,0 +1,1 @@
+"""Operator commands beyond ``run``: ``check-config --connect`` and ``dead-letters replay``."""
