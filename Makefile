@@ -32,6 +32,7 @@ PROMTOOL := $(GODIR)/bin/promtool-$(PROMTOOL_VERSION)/promtool
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "installing the Python packages into $(VENV) (about a minute the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --constraint constraints.txt -e '.[dev]'

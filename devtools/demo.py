@@ -171,7 +171,7 @@ def run(
     topics = topics_of(load(config, env=env))
     target = rocketmq_target if sink == "rocketmq" else kafka_target
     print(
-        f"demo: starting {sink} (first run downloads it from Maven Central) in {workdir}; "
+        f"demo: starting {sink} in {workdir} (the first run downloads it, with progress); "
         f"source {source}"
     )
     with target(workdir, topics) as (broker_env, read):
