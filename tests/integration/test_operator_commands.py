@@ -18,6 +18,7 @@ from bridge import config as cfgmod
 from bridge.errors import ConfigError
 from bridge.headers import H_DLQ_REASON, H_MESSAGE_ID
 from bridge.model import SourceMessage
+from bridge.observability import logging as obs_logging
 from bridge.observability.metrics import Metrics
 from bridge.ops import replay
 from bridge.pipeline.ports import Batch
@@ -35,6 +36,13 @@ from tests.integration.conftest import APP_KEY, SECRET, Topics, read_back, simul
 pytestmark = pytest.mark.integration
 
 _LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d[ T]|\{")
+
+
+@pytest.fixture(autouse=True)
+def _no_global_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli.main configures structlog for the process (levels, cached loggers): inside the
+    test process that would silence the debug lines later tests capture."""
+    monkeypatch.setattr(obs_logging, "configure", lambda *_a, **_k: None)
 
 
 def _doc(source: dict[str, Any], bootstrap: str, topics: Topics, **routing: Any) -> dict[str, Any]:

@@ -16,12 +16,20 @@ from bridge import cli
 from bridge.config import RoutingConfig
 from bridge.headers import H_DLQ_REASON, H_DLQ_TRUNCATED, H_GROUP, H_MESSAGE_ID, H_TOPIC
 from bridge.model import SourceMessage
+from bridge.observability import logging as obs_logging
 from bridge.ops import replay
 from bridge.pipeline.routing import Router
 from bridge.rocketmq import route_check
 from bridge.sinks.rocketmq_config import RocketMQSinkConfig
 
 # -- --help ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_global_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli.main configures structlog for the process (levels, cached loggers): inside the
+    test process that would silence the debug lines later tests capture."""
+    monkeypatch.setattr(obs_logging, "configure", lambda *_a, **_k: None)
 
 
 def _parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
