@@ -31,12 +31,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self, TypeVar
-from urllib.error import URLError
-from urllib.request import Request, urlopen
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -219,9 +216,6 @@ def ensure_maven_jars(
 # Download progress
 # --------------------------------------------------------------------------------------------
 
-#: Where ``mvn`` downloads from (no settings.xml mirror on these machines); only asked for
-#: the sizes of the jars, for the percentage.
-_CENTRAL = "https://repo.maven.apache.org/maven2"
 #: ``group:artifact:jar[:classifier]:version:scope`` in ``dependency:tree``'s output.
 _TREE_LINE = re.compile(
     r"(?P<g>[\w.\-]+):(?P<a>[\w.\-]+):jar:(?:(?P<c>[\w.\-]+):)?(?P<v>[\w.\-]+):"
@@ -271,14 +265,20 @@ def _local_repo() -> Path:
     return Path(m[1]) if m else Path.home() / ".m2" / "repository"
 
 
-def _remote_size(path: str) -> int | None:
+def _repo_path(url: str, paths: set[str]) -> str | None:
+    """Which of ``paths`` (``group/as/dirs/artifact/version/file.jar``) a download URL is:
+    the repository's base (whatever mirror mvn uses) is the part before it."""
+    for start in range(len(url)):
+        if url[start] == "/" and url[start + 1 :] in paths:
+            return url[start + 1 :]
+    return None
+
+
+def _size(path: Path) -> int:
     try:
-        request = Request(f"{_CENTRAL}/{path}", method="HEAD")  # noqa: S310 - fixed https URL
-        with urlopen(request, timeout=10) as response:  # noqa: S310
-            length = response.headers.get("Content-Length")
-            return int(length) if length and length.isdigit() else None
-    except (URLError, OSError, ValueError):
-        return None
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _download(
@@ -286,70 +286,69 @@ def _download(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``mvn ... copy-dependencies`` with progress lines on stderr.
 
-    First the jar list (``dependency:tree``) and each jar's size from Maven Central (HEAD
-    requests, 8 at a time) for those not yet in the local Maven repository; then the
-    download, counting mvn's "Downloaded from" lines against that total::
+    First the jar list (``dependency:tree``), to know how many of them are not yet in the
+    local Maven repository; then the download, counting mvn's "Downloaded from" lines
+    against that number (sizes read from the local repository as the jars arrive: no
+    request of our own goes to the repository, mvn's configuration decides where from)::
 
         downloading Kafka 4.1.1 from Maven Central (first run only) ...
-          Kafka 4.1.1: 61 jars to fetch, 41.9 MB
-          Kafka 4.1.1: 12.3 of 41.9 MB (29%), 17 of 61 jars
+          Kafka 4.1.1: 61 jars to fetch
+          Kafka 4.1.1: 17 of 61 jars (27%), 12.3 MB
           Kafka 4.1.1: downloaded 41.9 MB in 31 s
     """
     started = time.monotonic()
     progress(f"downloading {product} from Maven Central (first run only) ...")
     local_repo = _local_repo()
-    paths = [p for p in _jar_paths(mvn, pom, home) if not (local_repo / p).is_file()]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = dict(zip(paths, pool.map(_remote_size, paths), strict=True))
-    total = sum(size or 0 for size in sizes.values())
+    paths = {p for p in _jar_paths(mvn, pom, home) if not (local_repo / p).is_file()}
     if paths:
-        progress(f"  {product}: {len(paths)} jars to fetch, {_mb(total)}")
+        progress(f"  {product}: {len(paths)} jars to fetch")
     done_bytes = done_jars = 0
     last_line, last_tenth = time.monotonic(), 0
     lines: list[str] = []
-    proc = subprocess.Popen(
+    # A context manager, so that the pipe is closed here: left to the garbage collector it
+    # raises a ResourceWarning wherever the collection happens to run (a test's setup).
+    with subprocess.Popen(
         list(cmd),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    timed_out = threading.Event()
+    ) as proc:
+        timed_out = threading.Event()
 
-    def on_timeout() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(_MVN_TIMEOUT_S, on_timeout)
-    timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            m = _DOWNLOADED.search(line)
-            if m is None or not m["url"].endswith(".jar"):
-                continue
-            path = m["url"].split("/maven2/", 1)[-1]
-            if path not in sizes:  # a plugin's jar, not one of ours
-                continue
-            done_jars += 1
-            done_bytes += sizes[path] or 0
-            now = time.monotonic()
-            tenth = done_bytes * 10 // total if total else 0
-            if now - last_line >= _PROGRESS_EVERY_S or tenth > last_tenth:
-                last_line, last_tenth = now, tenth
-                share = f" ({done_bytes * 100 // total}%)" if total else ""
-                of_jars = f" of {len(paths)}" if paths else ""
-                progress(
-                    f"  {product}: {_mb(done_bytes)} of {_mb(total)}{share}, "
-                    f"{done_jars}{of_jars} jars"
-                )
-        code = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
+        def on_timeout() -> None:
+            timed_out.set()
             proc.kill()
-            proc.wait()
+
+        timer = threading.Timer(_MVN_TIMEOUT_S, on_timeout)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                m = _DOWNLOADED.search(line)
+                if m is None or not m["url"].endswith(".jar"):
+                    continue
+                path = _repo_path(m["url"], paths)
+                if path is None:  # a plugin's jar, not one of ours
+                    continue
+                done_jars += 1
+                done_bytes += _size(local_repo / path)
+                now = time.monotonic()
+                tenth = done_jars * 10 // len(paths)
+                if now - last_line >= _PROGRESS_EVERY_S or tenth > last_tenth:
+                    last_line, last_tenth = now, tenth
+                    share = done_jars * 100 // len(paths)
+                    progress(
+                        f"  {product}: {done_jars} of {len(paths)} jars ({share}%), "
+                        f"{_mb(done_bytes)}"
+                    )
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     took = time.monotonic() - started
     if code == 0:
         progress(f"  {product}: downloaded {_mb(done_bytes)} in {took:.0f} s")
