@@ -22,6 +22,9 @@ class Ceiling:
     messages: int
     rate: float
     notes: list[str] = field(default_factory=list)
+    #: CPU seconds of the raw client's process per 100,000 messages (its library's own
+    #: threads included), when measured: the floor under the bridge's figure.
+    cpu_per_100k: float | None = None
 
 
 @dataclass
@@ -146,7 +149,10 @@ def markdown(report: Report, *, quick: bool, took_s: float, command: str) -> str
     ]
     for c in report.ceilings:
         notes = "; ".join(c.notes)
-        out.append(f"| {c.label} | {c.messages:,} | {c.rate:,.0f} | | | | | | | | | | {notes} |")
+        cpu = fmt(c.cpu_per_100k)
+        out.append(
+            f"| {c.label} | {c.messages:,} | {c.rate:,.0f} | | | | | {cpu} | | | | | {notes} |"
+        )
     for r in report.runs:
         ratio = f"{r.rate / raw.rate:.2f}" if raw and raw.rate and "rocketmq" not in r.label else ""
         if "fixed rate" in r.label:

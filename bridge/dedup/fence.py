@@ -38,6 +38,12 @@ class Fences:
                 self._asked += 1
             return self._asked
 
+    def waiting(self) -> bool:
+        """Some delivery waits for a ticket the follower has not taken yet (a hint for
+        how long the follower may block: read without the lock, a stale answer only
+        makes it look again a few milliseconds later)."""
+        return self._asked != self._taken
+
     def take(self) -> int | None:
         """For the follower, right before it queries the high watermark: the newest ticket
         (every delivery holding it or a lower one arrived before this call), or None when

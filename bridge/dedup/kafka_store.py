@@ -82,6 +82,9 @@ BEHIND_PROBLEM_S = 30.0
 EXPIRE_EVERY_S = 60.0
 #: Progress lines while catching up at start.
 PROGRESS_EVERY_S = 5.0
+#: How long one follower read blocks while deliveries wait for a ticket, and while none do.
+_BUSY_WAIT_S = 0.002
+_IDLE_WAIT_S = 0.05
 
 
 def consumer_settings(config: KafkaSinkConfig) -> dict[str, Any]:
@@ -286,7 +289,12 @@ class KafkaCommittedIds:
         if ready:
             self._problem = None  # following again after a failure
         while not self._stop.is_set():
-            for msg in follower.consume(500, 0.05):
+            # consume() blocks for its whole timeout unless the batch fills, and markers
+            # come a few per transaction: while a delivery waits for its ticket, block only
+            # briefly, so the ticket is taken and served within milliseconds (it is most
+            # of the bridge's push-to-confirm latency at a moderate rate otherwise).
+            busy = ready and (self._target is not None or self._fences.waiting())
+            for msg in follower.consume(500, _BUSY_WAIT_S if busy else _IDLE_WAIT_S):
                 self._apply(msg)
             found = follower.position([self._tp])[0].offset
             if found >= 0:

@@ -126,6 +126,8 @@ class Metrics:
         )
 
         # -- source ------------------------------------------------------------------
+        #: (source, topic) -> the received counter's and the lag histogram's children.
+        self._received_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._received = _Cache(
             Counter(
                 "tmc_bridge_source_received_messages",
@@ -329,13 +331,19 @@ class Metrics:
     # -- source --------------------------------------------------------------------
 
     def received(self, source: str, topic: str, publish_time_ms: int | None) -> None:
-        self._received.get(source, self._topic(topic)).inc()
+        # Once per message: the counter child and the histogram child by one dict lookup.
+        children = self._received_children.get((source, topic))
+        if children is None:
+            children = (self._received.get(source, self._topic(topic)), self._lag.get(source))
+            if len(self._received_children) < 2 * MAX_TOPIC_LABELS:
+                self._received_children[(source, topic)] = children
+        children[0].inc()
         # Sources validate the time (a date, ms since 1970); the bound keeps a bad one from
         # raising OverflowError here all the same.
         if publish_time_ms and 0 < publish_time_ms < 1 << 53:
             lag = time.time() - publish_time_ms / 1000.0
             # Clock skew between the platform and us must not produce negative samples.
-            self._lag.get(source).observe(max(lag, 0.0))
+            children[1].observe(lag if lag > 0.0 else 0.0)
 
     def duplicate(self, source: str, kind: str) -> None:
         self._duplicates.get(source, kind).inc()
@@ -358,9 +366,12 @@ class Metrics:
     def reconnect(self, source: str, connection: int, group: str = "") -> None:
         self._reconnects.labels(source, group, str(connection)).inc()
 
-    def group_messages(self, source: str, group: str, connection: int, outcome: str) -> None:
-        """One message received or confirmed on a TMC group's connection."""
-        self._group_messages.get(source, group, str(connection), outcome).inc()
+    def group_messages(
+        self, source: str, group: str, connection: int, outcome: str, count: int = 1
+    ) -> None:
+        """Messages received or confirmed on a TMC group's connection (the connection
+        counts them and reports once per socket write)."""
+        self._group_messages.get(source, group, str(connection), outcome).inc(count)
 
     # -- pipeline and sink -----------------------------------------------------------
 

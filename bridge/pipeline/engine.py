@@ -93,6 +93,8 @@ def _live(entry: _Entry) -> bool:
     """Some delivery of it can still be confirmed (see :meth:`bridge.model.Ack.alive`);
     a delivery without acks (nothing to settle, e.g. in tests) always is."""
     acks = entry.delivery.acks
+    if len(acks) == 1:  # the usual case, without a generator per message
+        return acks[0].alive()
     return not acks or any(ack.alive() for ack in acks)
 
 

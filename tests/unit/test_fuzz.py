@@ -1088,7 +1088,21 @@ def normal(frame: Frame) -> Frame:
     return frame
 
 
+def check_fast_reader(data: bytes, errors: str, raw_strings: frozenset[str]) -> None:
+    """Whatever the fast header reader accepts, the careful one reads the same way."""
+    try:
+        fast, careful = codec._start(data), codec._start(data)
+    except FrameError:
+        return
+    if not codec._read_headers_fast(fast, data, errors, raw_strings):
+        return
+    codec._read_headers(careful, data, errors, raw_strings)  # must not raise
+    assert fast == careful
+
+
 def check_codec(prop: str, data: bytes) -> None:
+    check_fast_reader(data, "replace", frozenset())
+    check_fast_reader(data, "strict", RAW)
     try:
         frame: Frame | None = codec.decode(data)
     except FrameError:
@@ -1238,6 +1252,18 @@ def test_fuzz_client_bytes_and_mutations(fuzz_report: FuzzReport) -> None:
     )
 
 
+def check_fast_push(raw: bytes) -> None:
+    """The fast push reader gives what the field-by-field one gives, or steps aside."""
+    try:
+        frame = codec.decode(raw, raw_strings=RAW)
+    except FrameError:
+        return
+    fast = tmc_session._push_fast(frame, 7)
+    if fast is not None:
+        saw("client_grammar", "fast push")
+        assert fast == tmc_session._push_from(frame, 7, tmc_session.DEFAULT_MAX_CONTENT_BYTES)
+
+
 def test_fuzz_client_grammar_frames(fuzz_report: FuzzReport) -> None:
     """Well-formed frames with hostile values, checked against the model of each field."""
     prop_name = "client_grammar"
@@ -1251,6 +1277,7 @@ def test_fuzz_client_grammar_frames(fuzz_report: FuzzReport) -> None:
         with one_input(prop_name):
             result = receive(prop_name, session, built.raw)
             assert type(result).__name__ == expect.outcome, (result, expect)
+            check_fast_push(built.raw)
             if isinstance(result, tmc_session.Push):
                 check_expected(prop_name, result, expect)
             assert session.state is tmc_session.State.ONLINE and session.token == TOKEN
@@ -1268,6 +1295,7 @@ def test_fuzz_client_grammar_frames(fuzz_report: FuzzReport) -> None:
             "ProtocolError",
             "dead_letter",
             "keyed_with_oracle",
+            "fast push",
             # the hostile contents reached the router
             "max_content_bytes",
             "max_json_depth",

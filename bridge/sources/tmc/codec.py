@@ -169,7 +169,11 @@ def decode(
     """
     buf = bytes(data)
     frame = _start(buf)
-    _read_headers(frame, buf, "strict" if strict_utf8 else "replace", raw_strings)
+    errors = "strict" if strict_utf8 else "replace"
+    if not _read_headers_fast(frame, buf, errors, raw_strings):
+        # Something unusual: the careful reader finds and names it (or reads it right).
+        frame.custom = {}
+        _read_headers(frame, buf, errors, raw_strings)
     return frame
 
 
@@ -263,6 +267,97 @@ def _read_headers(frame: Frame, buf: bytes, errors: str, raw_strings: frozenset[
         else:
             # An unknown header type has an unknown length: nothing after it can be trusted.
             raise FrameError(f"unknown header type {htype} at offset {pos - 2}")
+
+
+#: Custom keys as read, by their bytes: a push repeats the same dozen keys, and a dict
+#: lookup is cheaper than decoding each. Bounded, so a hostile peer cannot grow it.
+_KEY_CACHE: dict[bytes, str] = {}
+_KEY_CACHE_MAX = 256
+_FMTS = tuple(_FMT_BY_CODE[code] for code in range(len(_FMT_BY_CODE)))
+_INT_WIDTH = {code: width for code, (width, _unpack) in _INT_UNPACK.items()}
+
+
+def _read_headers_fast(  # noqa: PLR0911 - one flat loop is the point
+    frame: Frame, buf: bytes, errors: str, raw_strings: frozenset[str]
+) -> bool:
+    """:func:`_read_headers` for the frames that make up the traffic (Custom, Token, Flag
+    and the status headers, every length in bounds), about a third cheaper per push.
+
+    Returns False at the first thing it does not take in stride (a bound overrun, an
+    unknown header or format, invalid UTF-8, any exception): the caller then reads the
+    frame again with :func:`_read_headers`, which raises the precise FrameError. So
+    whatever this returns True for, the careful reader reads the same way."""
+    size = len(buf)
+    custom = frame.custom
+    keys = _KEY_CACHE
+    ints = _INT_UNPACK
+    unpack32 = _I32_UNPACK
+    new_value = tuple.__new__
+    fmts = _FMTS
+    pos = 2
+    try:
+        while pos + 2 <= size:
+            htype = buf[pos] | (buf[pos + 1] << 8)
+            pos += 2
+            if htype == 1:
+                if pos + 4 > size:
+                    return False
+                end = pos + 4 + unpack32(buf, pos)[0]
+                if end < pos + 4 or end >= size:
+                    return False
+                raw_key = buf[pos + 4 : end]
+                key = keys.get(raw_key)
+                if key is None:
+                    key = raw_key.decode("utf-8", errors)
+                    if len(keys) < _KEY_CACHE_MAX and errors == "replace" and raw_key.isascii():
+                        keys[raw_key] = key
+                code = buf[end]
+                pos = end + 1
+                value: ValueData
+                if code in {1, 7}:
+                    if pos + 4 > size:
+                        return False
+                    end = pos + 4 + unpack32(buf, pos)[0]
+                    if end < pos + 4 or end > size:
+                        return False
+                    value = buf[pos + 4 : end]
+                    if code == 1 and key not in raw_strings:
+                        value = value.decode("utf-8", errors)
+                    pos = end
+                elif code in ints:
+                    width, unpack = ints[code]
+                    if pos + width > size:
+                        return False
+                    value = unpack(buf, pos)[0]
+                    pos += width
+                elif code == 0:
+                    value = None
+                else:
+                    return False
+                custom[key] = new_value(Value, (fmts[code], value))
+            elif htype == 0:
+                return True
+            elif htype == 5:
+                if pos + 4 > size:
+                    return False
+                end = pos + 4 + unpack32(buf, pos)[0]
+                if end < pos + 4 or end > size:
+                    return False
+                frame.token = buf[pos + 4 : end].decode("utf-8", errors)
+                pos = end
+            elif htype in {2, 4}:
+                if pos + 4 > size:
+                    return False
+                if htype == 4:
+                    frame.flag = unpack32(buf, pos)[0]
+                else:
+                    frame.status_code = unpack32(buf, pos)[0]
+                pos += 4
+            else:
+                return False
+    except (UnicodeDecodeError, struct.error):
+        return False
+    return False
 
 
 def _read_raw(buf: bytes, pos: int, size: int, key: str, what: str = "value") -> tuple[bytes, int]:

@@ -85,12 +85,47 @@ class _Ack:
         conn = self._conn
         if conn.send_if_current(self._generation, conn.session.confirm, self._id):
             conn.confirmed_this_login += 1
-            conn.metrics.group_messages("tmc", conn.group, conn.index, "confirmed")
+            conn.unreported_confirmed += 1
 
     def fail(self, reason: str) -> None:
         self._conn.send_if_current(
             self._generation, lambda i: self._conn.session.fail(i, reason), self._id
         )
+
+
+class _Outbox:
+    """Frames for the writer, taken all at once: the confirms the pipeline settles in one
+    batch go out in one socket write (see :func:`transport.send_all`)."""
+
+    __slots__ = ("_frames", "_idle", "_ready")
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def put(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+        self._idle.clear()
+
+    async def take(self) -> list[bytes]:
+        """Every frame queued so far (waits for one)."""
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        frames, self._frames = self._frames, []
+        return frames
+
+    def sent(self) -> None:
+        """The writer wrote what it took."""
+        if not self._frames:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Until everything queued was written."""
+        await self._idle.wait()
 
 
 class _SteppedBack(Exception):
@@ -126,7 +161,11 @@ class _Connection:
         self.generation = 0
         self.online = False
         self._ws: ClientConnection | None = None
-        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._outbox = _Outbox()
+        #: Pushes taken and confirms queued since the last metrics update: counted here
+        #: and added to the Prometheus counter once per write, not once per message.
+        self.unreported_received = 0
+        self.unreported_confirmed = 0
         self._last_traffic = time.monotonic()
         self._stop = asyncio.Event()
         self._reading = True
@@ -172,7 +211,7 @@ class _Connection:
             self._log.error("cannot encode confirm", message_id=msg_id, error=str(exc))
             self.confirms_dropped += 1
             return False
-        self._outbox.put_nowait(frame)
+        self._outbox.put(frame)
         self.confirms_sent += 1
         return True
 
@@ -291,7 +330,7 @@ class _Connection:
             if not isinstance(event, LoggedIn):
                 raise ProtocolError(f"unexpected first reply {event!r}")
             self.generation += 1
-            self._outbox = asyncio.Queue()
+            self._outbox = _Outbox()
             # Taking pushes again (a pause or a drain stopped it on the previous socket).
             self._reading = not self._stop.is_set()
             self._set_online(True)
@@ -316,6 +355,7 @@ class _Connection:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 self._ws = None
+                self._report_counts()
 
     def _set_online(self, online: bool) -> None:
         if online != self.online:
@@ -425,7 +465,7 @@ class _Connection:
             msg.group = self.group
             self.taken_this_login += 1
             self._last_push_at = time.monotonic()
-            self._metrics.group_messages("tmc", self.group, self.index, "received")
+            self.unreported_received += 1
             if msg.malformed:
                 self._log.warning(
                     "tmc push malformed, dead-lettering it",
@@ -450,17 +490,33 @@ class _Connection:
     async def _writer(self, ws: ClientConnection) -> None:
         outbox = self._outbox
         while True:
-            frame = await outbox.get()
-            await ws.send(frame)
-            outbox.task_done()
+            frames = await outbox.take()
+            await transport.send_all(ws, frames)
+            outbox.sent()
+            self._report_counts()
             self._last_traffic = time.monotonic()
+
+    def _report_counts(self) -> None:
+        """Add what was taken and confirmed since the last call to the group metrics."""
+        if self.unreported_received:
+            self._metrics.group_messages(
+                "tmc", self.group, self.index, "received", self.unreported_received
+            )
+            self.unreported_received = 0
+        if self.unreported_confirmed:
+            self._metrics.group_messages(
+                "tmc", self.group, self.index, "confirmed", self.unreported_confirmed
+            )
+            self.unreported_confirmed = 0
 
     async def _puller(self) -> None:
         # One pull right after login to fetch any backlog, then periodically (§6.4, §12);
         # none while draining. It never returns: a returning task would end the session.
         while True:
             if self._reading:
-                self._outbox.put_nowait(self.session.pull())
+                self._outbox.put(self.session.pull())
+            # Also while nothing is confirmed (the writer reports on every write).
+            self._report_counts()
             await asyncio.sleep(self._config.pull_interval_s)
 
     async def _pinger(self, ws: ClientConnection) -> None:
@@ -494,7 +550,7 @@ class _Connection:
         if ws is not None:
             # Let queued confirms out before the Close frame.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), 2.0)
+                await asyncio.wait_for(self._outbox.drained(), 2.0)
             await ws.close(1000, reason)
 
 

@@ -213,7 +213,9 @@ class ClientSession:
             return Ignored("SEND with a foreign token")
         kind = frame.get("__kind")
         if kind == Kind.DATA or (kind is None and "topic" in frame.custom):
-            return _push_from(frame, received_ns, self.max_content_bytes)
+            return _push_fast(frame, received_ns) or _push_from(
+                frame, received_ns, self.max_content_bytes
+            )
         return Ignored(f"SEND with __kind={kind!r:.40}")
 
     def _on_connectack(self, frame: Frame) -> ClientEvent:
@@ -364,6 +366,66 @@ def _content(frame: Frame, limit: int) -> bytes:
         except zlib.error as exc:
             raise _BadField(f"content is a ByteArray that is not gzip: {exc}") from None
     raise _BadField(f"content has format {value.fmt.name}, expected a String or gzip ByteArray")
+
+
+_STRING, _BYTE_ARRAY = Fmt.STRING, Fmt.BYTE_ARRAY
+_VOID = Value(Fmt.VOID, None)
+
+
+def _push_fast(frame: Frame, received_ns: int) -> Push | None:
+    """:func:`_push_from` for a push whose every field has its canonical format (what TMC
+    sends): integer fields integers, text fields strings, the content a String, the time a
+    date. None for anything else, which :func:`_push_from` then reads field by field
+    with its reasons. Same result, without a function call per field."""
+    get = frame.custom.get
+    message_id = get("id", _VOID).data
+    topic = get("topic", _VOID)
+    content = get("content", _VOID)
+    if (
+        type(message_id) is not int
+        or topic.fmt is not _STRING
+        or not topic.data
+        or content.fmt is not _STRING
+    ):
+        return None
+    publish_time = get("time", _VOID).data
+    data_id = get("dataid", _VOID).data
+    if data_id is None:
+        data_id = get("data_id", _VOID).data
+    user_id = get("userid", _VOID).data
+    retried = get("retried", _VOID).data
+    publisher = get("publisher", _VOID)
+    nick = get("nick", _VOID)
+    if (
+        (
+            publish_time is not None
+            and (type(publish_time) is not int or not 0 <= publish_time <= MAX_TIME_MS)
+        )
+        or (data_id is not None and type(data_id) is not int)
+        or (user_id is not None and type(user_id) is not int)
+        or (retried is not None and type(retried) is not int)
+        or (publisher.data is not None and publisher.fmt is not _STRING)
+        or (nick.data is not None and nick.fmt is not _STRING)
+        or type(content.data) is not bytes
+        or type(topic.data) is not str
+    ):
+        return None
+    return Push(
+        SourceMessage(
+            "tmc",
+            message_id,
+            topic.data,
+            content.data,
+            publish_time,
+            publisher.data,  # type: ignore[arg-type]  # checked: a String
+            user_id,
+            nick.data,  # type: ignore[arg-type]  # checked: a String
+            data_id,
+            None,
+            received_ns,
+        ),
+        retried,
+    )
 
 
 def _push_from(frame: Frame, received_ns: int, max_content_bytes: int) -> Push | Rejected:

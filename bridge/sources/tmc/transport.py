@@ -16,6 +16,13 @@ valid TMC frame and the session skips it; fragments that add up past the limit f
 connection with 1009, as the library would. A text frame over the limit fails the
 connection with 1007 (its stand-in is no UTF-8); TMC never sends text.
 
+**Many small frames, one write.** The bridge sends one confirm frame per message (the
+protocol has no batch confirm). ``ClientConnection.send`` costs a context manager, a
+drain and a socket write per frame; :func:`send_all` puts every frame queued since the
+last write into one ``send_context`` and :class:`TmcConnection`'s ``send_data`` joins
+them into one ``transport.write``. On this project's benchmark that is about a third of
+the cost per confirm.
+
 This relies on three documented-by-code seams of websockets' Sans-I/O protocol (its
 ``reader``, the ``parse`` generator it drives, and ``recv_frame``); the pinned version
 range in pyproject.toml is the one the unit tests exercise against a real server.
@@ -23,6 +30,7 @@ range in pyproject.toml is the one the unit tests exercise against a real server
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable, Generator
 from typing import Any
@@ -107,13 +115,44 @@ def _limit_frames(protocol: ClientProtocol, limit: int) -> None:
     setattr(protocol, "recv_frame", bounded_recv_frame)  # noqa: B010
 
 
+class TmcConnection(ClientConnection):
+    """A ClientConnection that writes what the protocol queued in one socket write."""
+
+    def send_data(self) -> None:
+        chunks = self.protocol.data_to_send()
+        if len(chunks) > 1 and all(chunks):
+            # Several frames (confirms, see send_all): one write, one syscall.
+            self.transport.write(b"".join(chunks))
+            return
+        for chunk in chunks:
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                # The protocol's end-of-stream marker after a Close: half-close TCP
+                # (what the library does; errors here are of no consequence).
+                with contextlib.suppress(Exception):
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
+
+
+async def send_all(ws: ClientConnection, frames: list[bytes]) -> None:
+    """Send ``frames`` as binary messages in order, written to the socket together.
+
+    Raises ConnectionClosed like ``ws.send`` when the connection is not open."""
+    async with ws.send_context():
+        send = ws.protocol.send_binary
+        for frame in frames:
+            send(frame)
+
+
 def connection_class(max_frame_bytes: int) -> type[ClientConnection]:
-    """A ClientConnection for ``websockets.asyncio.client.connect(create_connection=...)``
+    """A :class:`TmcConnection` for ``websockets.asyncio.client.connect(create_connection=...)``
     whose frames over ``max_frame_bytes`` are skipped (see the module docstring)."""
 
-    class TmcConnection(ClientConnection):
+    class LimitedTmcConnection(TmcConnection):
         def __init__(self, protocol: ClientProtocol, **kwargs: Any) -> None:
             _limit_frames(protocol, max_frame_bytes)
             super().__init__(protocol, **kwargs)
 
-    return TmcConnection
+    return LimitedTmcConnection
