@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.sources.tmc import codec
+from bridge.errors import FrameError, ProtocolError
+from bridge.sources.tmc import codec, sim_frames
 from bridge.sources.tmc import server as tmc_server
 from bridge.sources.tmc import session as tmc_session
 from bridge.sources.tmc.codec import Fmt, Frame, MessageType, Value
@@ -221,11 +222,12 @@ def test_strict_connect_refuses_non_canonical_fields() -> None:
 @pytest.mark.parametrize("strict", [False, True])
 def test_canonical_requests(strict: bool) -> None:
     server = online(strict=strict)
-    for vector, event in [
+    cases: list[tuple[str, tmc_server.ServerEvent]] = [
         (PULL_75, tmc_server.PullRequest()),
         (CONFIRM_74, tmc_server.Confirm(2200000000123456789)),
         (FAILED_76, tmc_server.Failed(2200000000123456789, "db timeout")),
-    ]:
+    ]
+    for vector, event in cases:
         decision = server.handle(bytes.fromhex(vector))
         assert decision == Decision(Outcome.REQUEST, event=event)
 
@@ -333,7 +335,7 @@ def publish(flag: int, **extra: Value) -> bytes:
         "content": codec.string('{"a":1}'),
         **extra,
     }
-    return send(flag=flag, **custom)
+    return send(TOKEN, flag=flag, **custom)
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -401,7 +403,142 @@ def test_old_receive_interface_still_answers_as_before() -> None:
     request = server.receive(java_connect())
     assert isinstance(request, tmc_server.ConnectRequest) and request.sign_ok
     assert server.accept(request, TOKEN) == CONNECTACK_72
-    with pytest.raises(tmc_server.ProtocolError, match="sinle"):
+    with pytest.raises(ProtocolError, match="sinle"):
         server.receive(java_connect())
-    with pytest.raises(tmc_server.ProtocolError, match="id has format INT32"):
+    with pytest.raises(ProtocolError, match="id has format INT32"):
         server.receive(send(__kind=codec.byte(2), id=Value(Fmt.INT32, 7)))
+
+
+# -- the simulator's hot-path pieces (sim_frames): byte for byte the general path ---------
+
+
+@pytest.mark.parametrize(
+    ("content", "data_id", "nick"),
+    [
+        ('{"tid":3658921147856000001}', 3658921147856000001, "demo_shop_0"),
+        (b"\x1f\x8b gzip bytes", None, "店铺"),
+        ("", 0, ""),
+        ("lone \ud800 surrogate", -1, "n"),
+    ],
+)
+def test_push_static_is_the_codec_encoding_of_the_same_entries(
+    content: str | bytes, data_id: int | None, nick: str
+) -> None:
+    body = tmc_server.push_static(
+        2**63 - 1,
+        "taobao_trade_TradeCreate",
+        content,
+        publish_time_ms=1_700_000_000_123,
+        publisher="12497914",
+        user_id=2_200_000_001,
+        nick=nick,
+        data_id=data_id,
+    )
+    custom = {
+        "id": codec.int64(2**63 - 1),
+        "topic": codec.string("taobao_trade_TradeCreate"),
+        "content": Value(Fmt.BYTE_ARRAY, content)
+        if isinstance(content, bytes)
+        else codec.string(content),
+        "time": codec.date_ms(1_700_000_000_123),
+        "publisher": codec.string("12497914"),
+        "userid": codec.int64(2_200_000_001),
+        "nick": codec.string(nick),
+    }
+    if data_id is not None:
+        custom["dataid"] = codec.int64(data_id)
+    expected = codec.encode(Frame(MessageType.SEND, custom=custom))
+    assert body == expected[2:-2]  # without version/type and EndOfHeaders
+    server = online()
+    pushed = server.push(body + tmc_server.push_extras(5, 2))
+    assert pushed == codec.encode(
+        Frame(
+            MessageType.SEND,
+            token=TOKEN,
+            custom={
+                "__kind": codec.byte(3),
+                **custom,
+                "outtime": codec.date_ms(5),
+                "retried": codec.byte(2),
+            },
+        )
+    )
+    assert pushed.startswith(server.push_head)
+
+
+def test_push_static_refuses_an_id_beyond_int64_like_the_codec() -> None:
+    with pytest.raises(FrameError, match="does not fit INT64"):
+        tmc_server.push_static(
+            2**63, "t", "c", publish_time_ms=1, publisher="p", user_id=1, nick="n", data_id=None
+        )
+
+
+def test_confirm_reader_takes_exactly_the_canonical_confirm() -> None:
+    server = online()
+    read = server.confirm_reader
+    assert read is not None and new_server().confirm_reader is None
+    client = tmc_session.ClientSession(KEY, SECRET, "default")
+    client.connect(1)
+    client.receive(
+        server.accept(tmc_server.ConnectRequest(KEY, "default", "1", 1, True, None), TOKEN)
+    )
+    for msg_id in (0, 1, -(2**63), 2**63 - 1, 2200000000123456789):
+        frame = client.confirm(msg_id)
+        assert read(frame) == msg_id == read(bytearray(frame))
+        # What the full decoder makes of it: the same confirm, nothing to report.
+        assert server.handle(frame) == Decision(Outcome.REQUEST, event=tmc_server.Confirm(msg_id))
+    assert read(bytes.fromhex(CONFIRM_74)) == 2200000000123456789
+    canonical = client.confirm(7)
+    variants = [
+        canonical + b"\x00",  # trailing byte
+        canonical[:-1],
+        canonical[:-2] + b"\x01\x00",  # no EndOfHeaders where it should be
+        codec.encode(
+            Frame(
+                MessageType.SEND,
+                token=TOKEN,
+                custom={"__kind": codec.byte(2), "id": Value(Fmt.INT32, 7)},
+            )
+        ),
+        codec.encode(
+            Frame(
+                MessageType.SEND,
+                token=TOKEN,
+                custom={"id": codec.int64(7), "__kind": codec.byte(2)},
+            )
+        ),
+        codec.encode(
+            Frame(
+                MessageType.SEND,
+                token="other-token-of-the-same-length-xxxxxx",
+                custom={"__kind": codec.byte(2), "id": codec.int64(7)},
+            )
+        ),
+        codec.encode(
+            Frame(
+                MessageType.SENDACK,
+                token=TOKEN,
+                custom={"__kind": codec.byte(2), "id": codec.int64(7)},
+            )
+        ),
+        codec.encode(
+            Frame(
+                MessageType.SEND,
+                token=TOKEN,
+                custom={"__kind": codec.byte(20), "id": codec.int64(7)},
+            )
+        ),
+        client.pull(),
+    ]
+    for frame in variants:
+        assert read(frame) is None, frame.hex()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_binary_frame_header_is_what_websockets_writes(size: int) -> None:
+    from websockets.frames import Frame as WsFrame
+    from websockets.frames import Opcode
+
+    data = bytes(size)
+    wire = WsFrame(Opcode.BINARY, data).serialize(mask=False)
+    assert sim_frames.binary_frame_header(size) + data == wire

@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bridge.errors import LoginError
 from bridge.retry import Backoff
 from bridge.sources.tmc import codec
+from bridge.sources.tmc.server import Confirm, PullRequest
 from bridge.sources.tmc.session import ClientSession, Kind, LoggedIn, Push
 from bridge.sources.tmc.simulator import Simulator, SimulatorConfig
 
@@ -27,7 +28,7 @@ class Client:
 
     async def push(self, wait_s: float = 5) -> Push:
         while True:
-            event = self.session.receive(await asyncio.wait_for(self.ws.recv(), wait_s))
+            event = self.session.receive(await asyncio.wait_for(self.ws.recv(decode=False), wait_s))
             if isinstance(event, Push):
                 return event
 
@@ -39,7 +40,7 @@ async def login(sim: Simulator, secret: str = SECRET) -> Client:
     ws = await connect(sim.url, compression=None)
     session = ClientSession(KEY, secret, "default")
     await ws.send(session.connect(1700000000000))
-    event = session.receive(await ws.recv())
+    event = session.receive(await ws.recv(decode=False))
     assert isinstance(event, LoggedIn)
     await ws.send(session.pull())
     return Client(ws, session)
@@ -262,9 +263,9 @@ async def test_wrong_token_gzip_and_fragmented_pushes(sim: Simulator) -> None:
 
     client = await login(sim)
     for fault in ("wrong_token", "gzip_content", "fragmented_frame"):
-        assert sim.inject(fault)  # type: ignore[arg-type]
+        assert sim.inject(fault)
     sim.publish(3)
-    frames = [codec.decode(await client.ws.recv()) for _ in range(3)]  # type: ignore[arg-type]
+    frames = [codec.decode(await client.ws.recv(decode=False)) for _ in range(3)]
     assert frames[0].token != client.session.token
     gz = next(f for f in frames if f.custom["content"].fmt is codec.Fmt.BYTE_ARRAY)
     assert json.loads(gzip.decompress(gz.custom["content"].data))  # type: ignore[arg-type]
@@ -566,3 +567,78 @@ def test_a_scheduled_fault_names_its_group_and_its_parameters_are_checked_at_sta
         FaultSchedule.parse("drop_connection:every=60s,cod=1")
     with pytest.raises(ValueError, match="number of seconds"):
         FaultSchedule.parse("drop_connection:every=soon")
+
+
+async def test_pushes_written_together_are_canonical_frames_and_batched_confirms_count(
+    sim: Simulator,
+) -> None:
+    client = await login(sim)
+    ids = sim.publish(300)
+    raws = [await asyncio.wait_for(client.ws.recv(), 5) for _ in range(300)]
+    frames = [codec.decode(raw) for raw in raws]  # type: ignore[arg-type]
+    assert [f.get("id") for f in frames] == ids
+    for raw, frame in zip(raws, frames, strict=True):
+        assert codec.encode(frame) == raw  # the codec's own layout, byte for byte
+        assert frame.token == client.session.token and "retried" not in frame.custom
+        assert list(frame.custom)[-1] == "outtime"
+    # Every confirm in one socket write: many WebSocket frames in one read.
+    protocol = client.ws.protocol
+    for msg_id in ids:
+        protocol.send_binary(client.session.confirm(msg_id))
+    client.ws.transport.write(b"".join(protocol.data_to_send()))
+    assert await sim.wait_settled(2)
+    assert sim.stats.confirmed == 300 and sim.stats.duplicate_confirms == 0
+    assert sim.stats.protocol_errors == 0
+    await client.ws.close()
+
+
+async def test_frames_after_login_are_acted_on_in_their_order(sim: Simulator) -> None:
+    """Confirms are taken as they are parsed, except behind a message that goes through
+    recv() (text, fragmented): then in order behind it."""
+    client = await login(sim)
+    a, b, c = sim.publish(3)
+    await client.pushes(3)
+    seen: list[object] = []
+    original = sim._on_request
+
+    def spy(conn: object, event: object) -> None:
+        seen.append(event)
+        original(conn, event)  # type: ignore[arg-type]
+
+    sim._on_request = spy  # type: ignore[method-assign]
+    confirm_b = client.session.confirm(b)
+    protocol = client.ws.protocol
+    protocol.send_binary(client.session.confirm(a))
+    protocol.send_text(b"not a TMC frame")
+    protocol.send_binary(confirm_b[:5], fin=False)
+    protocol.send_continuation(confirm_b[5:], fin=True)
+    protocol.send_binary(client.session.confirm(c))
+    protocol.send_binary(client.session.pull())
+    client.ws.transport.write(b"".join(protocol.data_to_send()))
+    assert await sim.wait_settled(2)
+    await asyncio.sleep(0.05)
+    assert seen == [Confirm(a), Confirm(b), Confirm(c), PullRequest()]
+    assert sim.stats.protocol_errors_by_reason == {"text_frame": 1}
+    await client.ws.close()
+
+
+@pytest.mark.parametrize("sim", [{"window": 4}], indirect=True)
+async def test_two_connections_share_the_queue_round_robin_within_their_windows(
+    sim: Simulator,
+) -> None:
+    clients = [await login(sim), await login(sim)]
+    ids = sim.publish(12)
+    first = [[p.message.message_id for p in await c.pushes(4)] for c in clients]
+    assert sorted(first[0] + first[1]) == ids[:8]
+    assert {ids[0], ids[1]} & set(first[0]) and {ids[0], ids[1]} & set(first[1])
+    for client, got in zip(clients, first, strict=True):
+        for msg_id in got:
+            await client.ws.send(client.session.confirm(msg_id))
+    rest = [[p.message.message_id for p in await c.pushes(2)] for c in clients]
+    assert sorted(rest[0] + rest[1]) == ids[8:]
+    for client, got in zip(clients, rest, strict=True):
+        for msg_id in got:
+            await client.ws.send(client.session.confirm(msg_id))
+    assert await sim.wait_settled(2) and sim.stats.pushes == 12
+    for client in clients:
+        await client.ws.close()

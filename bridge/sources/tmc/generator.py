@@ -43,8 +43,8 @@ class _Shop:
     nick: str
 
 
-def _dumps(doc: dict[str, object]) -> str:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+#: One encoder for every document: ``json.dumps`` with options builds a new one per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class OrderGenerator:
@@ -78,11 +78,18 @@ class OrderGenerator:
             "type": rng.choice(_TYPES),
         }
         payment = rng.choice(_MONEY)
+        # The JSON of {**base, "oid": oid, "payment": payment, "tid": tid, **extra}, put
+        # together from pieces encoded once per order (or per topic): the same text, for a
+        # fraction of a json encoding per message.
+        # (An int's JSON is its str.)
+        head = f'{_dumps(base)[:-1]},"oid":'
+        middle = f',"payment":{_dumps(payment)},"tid":{tid}'
 
         def trade(topic: str, **extra: object) -> Iterator[Event]:
+            tail = f",{_dumps(extra)[1:]}" if extra else "}"
+            name = f"taobao_trade_{topic}"
             for oid in oids:
-                doc = {**base, "oid": oid, "payment": payment, "tid": tid, **extra}
-                yield Event(f"taobao_trade_{topic}", _dumps(doc), shop.user_id, shop.nick, tid, tid)
+                yield Event(name, f"{head}{oid}{middle}{tail}", shop.user_id, shop.nick, tid, tid)
 
         yield from trade("TradeCreate", status="WAIT_BUYER_PAY")
         if rng.random() < 0.1:

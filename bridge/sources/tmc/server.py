@@ -19,7 +19,9 @@ lower-case hex. Each such departure is still reported (:attr:`Decision.tolerated
 protocol error. Custom entries are a map in both modes: their order never matters.
 
 :func:`push_body` (:func:`push_static` once per message, :func:`push_extras` per attempt)
-encodes the Custom entries of a data push in the canonical formats. Like the client's
+encodes the Custom entries of a data push in the canonical formats;
+:attr:`ServerSession.confirm_reader` takes the id out of the canonical confirm without a
+full decode (any other frame goes to :meth:`~ServerSession.handle`). Like the client's
 :mod:`~bridge.sources.tmc.session`, this module touches no socket, clock or asyncio and
 leaves the byte layout to :mod:`~bridge.sources.tmc.codec`.
 
@@ -37,8 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bridge.errors import FrameError, ProtocolError
-from bridge.sources.tmc import codec
-from bridge.sources.tmc.codec import Fmt, Frame, MessageType, Value
+from bridge.sources.tmc import codec, sim_frames
+from bridge.sources.tmc.codec import Fmt, Frame, MessageType
 from bridge.sources.tmc.session import Kind, sign
 
 
@@ -235,6 +237,9 @@ class ServerSession:
         self.login: ConnectRequest | None = None
         self.version = codec.PROTOCOL_VERSION
         self._push_head = b""
+        #: Reads the id of this login's canonical confirm without decoding the frame
+        #: (None before login); any other frame goes to :meth:`handle`.
+        self.confirm_reader: sim_frames.ConfirmReader | None = None
 
     @property
     def online(self) -> bool:
@@ -525,6 +530,7 @@ class ServerSession:
         self.login = request
         self.version = request.version
         self._push_head = codec.send_head(token, self.version) + _KIND_DATA
+        self.confirm_reader = sim_frames.ConfirmReader(token, self.version)
         return codec.encode(
             Frame(MessageType.CONNECTACK, version=self.version, flag=request.flag, token=token)
         )
@@ -532,6 +538,12 @@ class ServerSession:
     def reject(self, flag: int, status_code: int, status_phrase: str) -> bytes:
         """CONNECTACK failure: StatusCode/StatusPhrase, Flag echoed, no token (§5.5)."""
         return self._connectack_error(flag, self.version, status_code, status_phrase)
+
+    @property
+    def push_head(self) -> bytes:
+        """The start of this login's data pushes (version, type, token, ``__kind`` 3):
+        :meth:`push` is it + the Custom entries + END_OF_HEADERS. Empty before login."""
+        return self._push_head
 
     def push(self, body: bytes) -> bytes:
         """A data push: token + ``__kind`` 3 + the Custom entries from :func:`push_body`."""
@@ -640,22 +652,11 @@ def push_static(
     data_id: int | None,
 ) -> bytes:
     """The Custom entries of a push that do not change between attempts, in the canonical
-    formats of §4.5 / §6.1 (``id`` Int64, ``time`` Date, ...). Encoded once per message."""
-    parts = [
-        codec.encode_custom("id", codec.int64(message_id)),
-        codec.encode_custom("topic", codec.string(topic)),
-        codec.encode_custom(
-            "content",
-            Value(Fmt.BYTE_ARRAY, content) if isinstance(content, bytes) else codec.string(content),
-        ),
-        codec.encode_custom("time", codec.date_ms(publish_time_ms)),
-        codec.encode_custom("publisher", codec.string(publisher)),
-        codec.encode_custom("userid", codec.int64(user_id)),
-        codec.encode_custom("nick", codec.string(nick)),
-    ]
-    if data_id is not None:
-        parts.append(codec.encode_custom("dataid", codec.int64(data_id)))
-    return b"".join(parts)
+    formats of §4.5 / §6.1 (``id`` Int64, ``time`` Date, ...). Encoded once per message
+    (by :func:`bridge.sources.tmc.sim_frames.push_static`, the simulator's hot path)."""
+    return sim_frames.push_static(
+        message_id, topic, content, publish_time_ms, publisher, user_id, nick, data_id
+    )
 
 
 _KIND_DATA = codec.encode_custom("__kind", codec.byte(Kind.DATA))

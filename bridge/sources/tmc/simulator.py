@@ -36,12 +36,20 @@ HTTP control (same port as the WebSocket, any other path is the TMC endpoint):
 
 TLS (``tls_cert``/``tls_key`` or ``ssl_context``): the same port serves ``wss://`` and
 the gateway and control paths on ``https://``.
+
+Cost per message (it is the message source of ``make bench``, on the same cores as the
+bridge under test; ``python -m devtools.sim_cost`` measures it): a push's
+attempt-independent entries are encoded once (:mod:`~bridge.sources.tmc.sim_frames`);
+the pushes of a delivery round are queued as bytes and written in one transport write;
+a logged-in client's frames are acted on as websockets parses them, and its canonical
+confirms are read without a full decode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import json
 import random
@@ -64,7 +72,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from bridge.errors import ConfigError
-from bridge.sources.tmc import codec
+from bridge.sources.tmc import codec, sim_frames
 from bridge.sources.tmc.generator import TAOBAO_PUBLISHER, Event, OrderGenerator
 from bridge.sources.tmc.server import (
     LOGIN_ERRORS,
@@ -79,7 +87,6 @@ from bridge.sources.tmc.server import (
     ServerEvent,
     ServerSession,
     push_extras,
-    push_static,
 )
 from bridge.sources.tmc.session import Kind
 from bridge.sources.tmc.top_api import GATEWAY_PATH, TopApi, TopMessage
@@ -122,6 +129,7 @@ Fault = Literal[
 MALFORMED_FRAME = bytes.fromhex("0202" + "0100" + "02000000" + "6964" + "01" + "00000040")
 IDLE_CLOSE_CODE, IDLE_CLOSE_REASON = 1011, "reach max idle time"
 _KIND_DATA = codec.encode_custom("__kind", codec.byte(Kind.DATA))
+_END = codec.END_OF_HEADERS
 _MAX_SIZE = 4 * 1024 * 1024
 #: The simulator's own login refusals (reasons and StatusPhrases), beyond the session's.
 _TOO_MANY_CONNECTIONS, _RECONNECT_TOO_FREQUENTLY = "too_many_connections", "reconnect_too_often"
@@ -279,7 +287,11 @@ class _Conn:
     ws: ServerConnection
     session: ServerSession
     group: tuple[str, str]
-    outbox: asyncio.Queue[bytes | list[bytes]] = field(default_factory=asyncio.Queue)
+    #: What the writer sends next, in order: a TMC frame, or the fragments of one (a
+    #: list). A plain list and an event rather than an asyncio.Queue: the writer takes
+    #: everything queued at once and writes it in one go.
+    outbox: list[bytes | list[bytes]] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     in_flight: int = 0
     duplicate_next: int = 0
     wrong_token_next: int = 0
@@ -295,6 +307,21 @@ class _Conn:
     #: Pacing: pushes left in the current round and when the next round may start.
     round_left: int = 0
     next_round_at: float = 0.0
+
+    def put(self, item: bytes | list[bytes]) -> None:
+        self.outbox.append(item)
+        self.ready.set()
+
+    def faults_pending(self) -> bool:
+        """A push fault is armed, or a push is held back: pushes take the general path."""
+        return bool(
+            self.duplicate_next
+            or self.wrong_token_next
+            or self.gzip_next
+            or self.fragment_next
+            or self.swap_next
+            or self.held is not None
+        )
 
 
 @dataclass
@@ -389,6 +416,29 @@ class _TmcServerProtocol(ServerProtocol):
         super().recv_frame(frame)
 
 
+class _SimConnection(ServerConnection):
+    """A server connection that hands each Binary message of a logged-in client to
+    ``on_binary`` as soon as it is parsed, instead of queueing it for ``recv()``: one
+    callback per confirm rather than a queue entry and a task wake-up. Only while nothing
+    is queued, so that the order of the client's frames is kept (a fragmented or text
+    message, or frames that came during the login, go through ``recv()`` first)."""
+
+    on_binary: Callable[[bytes], None] | None = None
+
+    def process_event(self, event: Any) -> None:
+        take = self.on_binary
+        if (
+            take is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.BINARY
+            and event.fin
+            and not len(self.recv_messages.frames)
+        ):
+            take(bytes(event.data))
+            return
+        super().process_event(event)
+
+
 class Simulator:
     """One simulated TMC server. Use ``async with Simulator(cfg) as sim`` or start/stop."""
 
@@ -445,7 +495,7 @@ class Simulator:
         cfg = self.config
         sim = self
 
-        class _Connection(ServerConnection):
+        class _Connection(_SimConnection):
             """Swaps in the protocol that keeps quiet on pings."""
 
             def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
@@ -538,35 +588,46 @@ class Simulator:
         key = (app_key or next(iter(self.config.apps)), group)
         grp = self._groups.setdefault(key, _Group())
         now_ms = int(time.time() * 1000)
-        ids = []
-        for event in events:
-            msg_id = self._next_id
-            self._next_id += 1
-            self._messages[msg_id] = _Msg(msg_id, event, now_ms, key)
-            self._record(event)
-            grp.queue.append(msg_id)
-            ids.append(msg_id)
+        first = self._next_id
+        self._next_id = first + len(events)
+        ids = range(first, self._next_id)
+        messages = self._messages
+        for msg_id, event in zip(ids, events, strict=True):
+            messages[msg_id] = _Msg(msg_id, event, now_ms, key)
+        self._record(events)
+        grp.queue.extend(ids)
         self.stats.published += len(events)
         self.stats.outstanding += len(events)
         if events:
             self._settled.clear()
         self._wake.set()
-        return ids
+        return list(ids)
 
-    def _record(self, event: Event) -> None:
-        topic = self._topic_index.get(event.topic)
-        if topic is None:
-            topic = self._topic_index[event.topic] = len(self._topics)
-            self._topics.append(event.topic)
-        self._out_state.append(0)
-        self._out_pushes.append(0)
-        self._out_conn.append(0)
-        self._out_topic.append(topic)
+    def _record(self, events: list[Event]) -> None:
+        """The compact outcome entries of newly published messages (a batch at a time:
+        one array extension per field rather than one append per message)."""
+        n = len(events)
+        self._out_state.extend(bytes(n))
+        self._out_pushes.frombytes(bytes(self._out_pushes.itemsize * n))
+        self._out_conn.frombytes(bytes(self._out_conn.itemsize * n))
+        index = self._topic_index
+        topics = []
+        for event in events:
+            topic = index.get(event.topic)
+            if topic is None:
+                topic = index[event.topic] = len(self._topics)
+                self._topics.append(event.topic)
+            topics.append(topic)
+        self._out_topic.extend(topics)
         try:
-            self._out_key.append(event.key)
-        except OverflowError:
-            self._big_keys[len(self._out_key)] = event.key
-            self._out_key.append(0)
+            self._out_key.extend(array("q", [event.key for event in events]))
+        except OverflowError:  # a key beyond Int64: kept aside, one at a time
+            for event in events:
+                try:
+                    self._out_key.append(event.key)
+                except OverflowError:
+                    self._big_keys[len(self._out_key)] = event.key
+                    self._out_key.append(0)
 
     def publish(self, count: int, *, group: str = "default") -> list[int]:
         """Queue ``count`` generated order events (see generator.py)."""
@@ -612,7 +673,7 @@ class Simulator:
         if not conns:
             return False
         conn = self._rng.choice(conns)
-        conn.outbox.put_nowait(conn.session.push(entries))
+        conn.put(conn.session.push(entries))
         return True
 
     def _online(self, group: str) -> list[_Conn]:
@@ -660,7 +721,7 @@ class Simulator:
         elif fault == "duplicate_push":
             conn.duplicate_next += 1
         elif fault == "malformed_frame":
-            conn.outbox.put_nowait(MALFORMED_FRAME)
+            conn.put(MALFORMED_FRAME)
         elif fault == "wrong_token":
             conn.wrong_token_next += 1
         elif fault == "gzip_content":
@@ -786,6 +847,10 @@ class Simulator:
                     self._count_protocol_error(("text_frame",))
                     log.info("simulator: text frame ignored", conn=conn and conn.serial)
                     continue
+                if conn is not None:
+                    # Logged in: what did not take the direct way (_SimConnection).
+                    self._on_frame(conn, data)
+                    continue
                 d = session.handle(data)
                 self._count(d)
                 reply = d.reply
@@ -802,25 +867,20 @@ class Simulator:
                 if d.outcome is Outcome.LOGIN and conn is not None and writer is None:
                     writer = asyncio.create_task(self._writer(conn))
                     self._start_round(conn)
+                    if isinstance(ws, _SimConnection):
+                        ws.on_binary = functools.partial(self._take_frame, conn)
                 elif d.outcome is Outcome.LOGIN_FAILED:
                     self.stats.logins_failed += 1
                     log.warning("simulator: login refused", peer=peer, **d.log_fields())
                 elif d.outcome is Outcome.REFUSED:
-                    log.info(
-                        "simulator: frame refused",
-                        conn=conn and conn.serial,
-                        peer=peer,
-                        **d.log_fields(),
-                    )
-                elif conn is not None and d.event is not None:
-                    if d.tolerated:
-                        log.debug("simulator: tolerated", conn=conn.serial, **d.log_fields())
-                    self._on_request(conn, d.event)
+                    log.info("simulator: frame refused", conn=None, peer=peer, **d.log_fields())
                 if d.close:
                     return
         except ConnectionClosed:
             pass
         finally:
+            if isinstance(ws, _SimConnection):
+                ws.on_binary = None
             self._sockets.discard(ws)
             self._last_tx.pop(ws, None)
             if writer is not None:
@@ -875,12 +935,50 @@ class Simulator:
         )
         return conn
 
+    def _take_frame(self, conn: _Conn, data: bytes) -> None:
+        """:meth:`_on_frame` called from the protocol's data callback, where an exception
+        would end the transport without a word: log it and close 1011, as websockets does
+        when a connection handler fails."""
+        try:
+            self._on_frame(conn, data)
+        except Exception:
+            log.exception("simulator: frame handling failed", conn=conn.serial)
+            self._close(conn.ws, 1011, "")
+
+    def _on_frame(self, conn: _Conn, data: bytes) -> None:
+        """One binary message of a logged-in client. Never awaits: replies go out with
+        the pushes (the writer), so frames are acted on in the order they came."""
+        session = conn.session
+        read_confirm = session.confirm_reader
+        msg_id = read_confirm(data) if read_confirm is not None else None
+        if msg_id is not None:
+            # The canonical confirm, as handle() would decide it (nothing to count).
+            self._on_request(conn, Confirm(msg_id))
+            return
+        d = session.handle(data)
+        self._count(d)
+        if d.reply is not None:
+            conn.put(d.reply)
+        if d.outcome is Outcome.REFUSED:
+            log.info(
+                "simulator: frame refused",
+                conn=conn.serial,
+                peer=conn.ws.remote_address,
+                **d.log_fields(),
+            )
+        elif d.event is not None:
+            if d.tolerated:
+                log.debug("simulator: tolerated", conn=conn.serial, **d.log_fields())
+            self._on_request(conn, d.event)
+        if d.close:
+            self._close(conn.ws, 1000, "")
+
     def _on_request(self, conn: _Conn, event: ServerEvent) -> None:
-        if isinstance(event, PullRequest):
+        if isinstance(event, Confirm):  # first: one per message
+            self._on_confirm(conn, event.message_id)
+        elif isinstance(event, PullRequest):
             log.debug("simulator: pull", conn=conn.serial)
             self._start_round(conn)
-        elif isinstance(event, Confirm):
-            self._on_confirm(conn, event.message_id)
         elif isinstance(event, Failed):
             self._on_failed(event.message_id, event.reason)
         elif isinstance(event, Publish):
@@ -924,11 +1022,19 @@ class Simulator:
         return Deviation(field_name, reason, _REFUSAL_PHRASES[reason])
 
     async def _writer(self, conn: _Conn) -> None:
+        """Sends what is queued for the connection, everything queued at once: one
+        transport write for many pushes, and a wait for the socket's buffer to drain
+        before the next (send_context checks the connection is open and drains)."""
+        ws = conn.ws
         with contextlib.suppress(ConnectionClosed):
             while True:
-                frame = await conn.outbox.get()
-                await conn.ws.send(frame)
-                self._last_tx[conn.ws] = time.monotonic()
+                while not conn.outbox:
+                    conn.ready.clear()
+                    await conn.ready.wait()
+                items, conn.outbox = conn.outbox, []
+                async with ws.send_context():
+                    ws.transport.write(_ws_frames(ws.protocol, items))
+                self._last_tx[ws] = time.monotonic()
 
     def _drop(self, conn: _Conn) -> None:
         grp = self._groups.get(conn.group)
@@ -1109,7 +1215,7 @@ class Simulator:
             for grp in self._groups.values():
                 for conn in grp.conns:
                     if conn.held is not None and now - conn.held_at > 0.2:
-                        conn.outbox.put_nowait(conn.held)
+                        conn.put(conn.held)
                         conn.held = None
                     paced_out = cfg.pacing and grp.queue and conn.round_left <= 0
                     if paced_out and now >= conn.next_round_at:
@@ -1168,8 +1274,28 @@ class Simulator:
 
     def _deliver(self, grp: _Group) -> None:
         cfg = self.config
-        while grp.queue and grp.conns:
-            room = [c for c in grp.conns if self._has_room(c)]
+        queue, conns = grp.queue, grp.conns
+        # One clock reading per round: every push of it is sent in the same write.
+        now, out_ms = time.monotonic(), int(time.time() * 1000)
+        if (
+            len(conns) == 1
+            and cfg.distribution == "round_robin"
+            and not cfg.pacing
+            and not conns[0].faults_pending()
+        ):
+            # What the loop below does for a lone connection (round robin over one: rr
+            # stays 0), without choosing a connection per message.
+            conn = conns[0]
+            if queue and conn.in_flight < cfg.window:
+                grp.rr = 0
+                self._push_run(conn, queue, cfg.window - conn.in_flight, now, out_ms)
+            return
+        window = cfg.window
+        while queue and conns:
+            if cfg.pacing:
+                room = [c for c in conns if self._has_room(c)]
+            else:  # _has_room without pacing, inline: this runs once per message
+                room = [c for c in conns if c.in_flight < window]
             if not room:
                 break
             if cfg.distribution == "random":
@@ -1177,36 +1303,81 @@ class Simulator:
             else:
                 grp.rr = (grp.rr + 1) % len(room)
                 conn = room[grp.rr]
-            msg = self._messages.get(grp.queue.popleft())
+            msg = self._messages.get(queue.popleft())
             if msg is None or msg.state != "queued":
                 continue
-            self._push(conn, msg)
-        if cfg.pacing and not grp.queue:
-            for conn in grp.conns:  # fewer came than requested: the round ends
+            self._push(conn, msg, now, out_ms)
+        if cfg.pacing and not queue:
+            for conn in conns:  # fewer came than requested: the round ends
                 conn.round_left = 0
 
-    def _push(self, conn: _Conn, msg: _Msg) -> None:
-        now = time.monotonic()
+    def _body(self, msg: _Msg) -> bytes:
+        """The attempt-independent Custom entries of a message's push (encoded once)."""
+        ev = msg.event
+        body = msg.body = sim_frames.push_static(
+            msg.id,
+            ev.topic,
+            ev.content,
+            msg.published_ms,
+            TAOBAO_PUBLISHER,
+            ev.user_id,
+            ev.nick,
+            ev.data_id,
+        )
+        return body
+
+    def _push_run(self, conn: _Conn, queue: deque[int], room: int, now: float, out_ms: int) -> int:
+        """Push up to ``room`` queued messages to ``conn``, no fault armed: :meth:`_push`
+        without its fault cases, the frames queued for one write. Returns the pushes."""
+        messages, in_flight = self._messages, self._in_flight
+        head = conn.session.push_head
+        first_extras = push_extras(out_ms)
+        deadline = now + self.config.confirm_timeout_s
+        out = conn.outbox
+        serial = conn.serial
+        n = 0
+        while n < room and queue:
+            msg = messages.get(queue.popleft())
+            if msg is None or msg.state != "queued":
+                continue
+            pushes = msg.pushes
+            extras = push_extras(out_ms, pushes) if pushes else first_extras
+            out.append(b"".join((head, msg.body or self._body(msg), extras, _END)))
+            msg.pushes = pushes + 1
+            in_flight[msg.id] = msg
+            msg.state = "in_flight"
+            msg.owner = conn
+            msg.conn = serial
+            msg.pushed_at = now
+            msg.deadline = deadline
+            n += 1
+        if n:
+            conn.ready.set()
+            conn.in_flight += n
+            conn.round_left -= n
+            self.stats.pushes += n
+            if not self.stats.first_push_at:
+                self.stats.first_push_at = time.time()
+        return n
+
+    def _push(self, conn: _Conn, msg: _Msg, now: float, out_ms: int) -> None:
         ev = msg.event
         gzipped = conn.gzip_next > 0
-        if gzipped or not msg.body:
-            static = push_static(
+        if gzipped:
+            conn.gzip_next -= 1
+            static = sim_frames.push_static(
                 msg.id,
                 ev.topic,
-                gzip.compress(ev.content.encode()) if gzipped else ev.content,
-                publish_time_ms=msg.published_ms,
-                publisher=TAOBAO_PUBLISHER,
-                user_id=ev.user_id,
-                nick=ev.nick,
-                data_id=ev.data_id,
+                gzip.compress(ev.content.encode()),
+                msg.published_ms,
+                TAOBAO_PUBLISHER,
+                ev.user_id,
+                ev.nick,
+                ev.data_id,
             )
-            if gzipped:
-                conn.gzip_next -= 1
-            else:
-                msg.body = static
         else:
-            static = msg.body
-        body = static + push_extras(int(time.time() * 1000), msg.pushes or None)
+            static = msg.body or self._body(msg)
+        body = static + push_extras(out_ms, msg.pushes or None)
         if conn.wrong_token_next:
             conn.wrong_token_next -= 1
             head = codec.send_head(f"wrong-{uuid.uuid4()}", conn.session.version)
@@ -1239,9 +1410,43 @@ class Simulator:
         if conn.fragment_next:
             conn.fragment_next -= 1
             step = -(-len(frame) // conn.fragment_parts)
-            conn.outbox.put_nowait([frame[i : i + step] for i in range(0, len(frame), step)])
+            conn.put([frame[i : i + step] for i in range(0, len(frame), step)])
         else:
-            conn.outbox.put_nowait(frame)
+            conn.put(frame)
         if conn.held is not None:
-            conn.outbox.put_nowait(conn.held)
+            conn.put(conn.held)
             conn.held = None
+
+
+def _ws_frames(protocol: ServerProtocol, items: list[bytes | list[bytes]]) -> bytes:
+    """The WebSocket bytes of ``items``, for one transport write: a Binary frame per TMC
+    frame, framed here (:func:`~bridge.sources.tmc.sim_frames.binary_frame_header`, what
+    websockets writes for it) rather than one websockets Frame object per push; a list
+    is one fragmented message, sent through the protocol as ``send(list)`` sends it (each
+    part a frame, then an empty final one). The caller holds ``send_context`` (the
+    connection is open)."""
+    if protocol.extensions:  # none is ever negotiated (compression=None); just in case
+        for item in items:
+            if isinstance(item, bytes):
+                protocol.send_binary(item)
+            else:
+                _send_fragments(protocol, item)
+        return b"".join(protocol.data_to_send())
+    header = sim_frames.binary_frame_header
+    parts: list[bytes] = []
+    for item in items:
+        if isinstance(item, bytes):
+            parts += (header(len(item)), item)
+        else:
+            _send_fragments(protocol, item)
+            parts += protocol.data_to_send()
+    return b"".join(parts)
+
+
+def _send_fragments(protocol: ServerProtocol, chunks: list[bytes]) -> None:
+    """A fragmented message through the protocol, as ``ServerConnection.send`` sends a
+    list: each chunk a frame without FIN, then an empty final continuation."""
+    protocol.send_binary(chunks[0], fin=False)
+    for chunk in chunks[1:]:
+        protocol.send_continuation(chunk, fin=False)
+    protocol.send_continuation(b"", fin=True)
