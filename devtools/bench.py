@@ -101,7 +101,17 @@ def raw_producer_rate(bootstrap: str, topic: str, count: int, batch: int) -> tup
     return count / (time.perf_counter() - started), cpu / count * 100_000
 
 
-def raw_rocketmq_rate(name_server: str, topic: str, count: int, threads: int) -> float:
+def raw_rocketmq_rate(
+    name_server: str, topic: str, count: int, threads: int
+) -> tuple[float, float]:
+    """Raw ordered sends, the sink's send path without the bridge: each generated event
+    through :meth:`bridge.rocketmq.client.Producer.send_to_shard` (C
+    ``SendMessageOrderly``, the key's CRC-32 as shard, no client-side retry) from
+    ``threads`` threads, a thread per share of the keys. Also the process CPU per message
+    over the timed part: what librocketmq (and the ctypes calls) cost by themselves.
+    Returns (msg/s, CPU µs per message)."""
+    import zlib
+
     from bridge.errors import RocketMQSendError
     from bridge.rocketmq import client as sdk
     from devtools.demo import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
@@ -114,34 +124,46 @@ def raw_rocketmq_rate(name_server: str, topic: str, count: int, threads: int) ->
         f"bench_raw_{threads}", settings, send_timeout_ms=3000, max_message_bytes=4 << 20
     )
     producer.start()
-
+    messages = [
+        (
+            sdk.OutMessage(topic, ev.content.encode(), ev.topic, [str(ev.key)], ()).wire(),
+            zlib.crc32(str(ev.key).encode()),
+        )
+        for ev in events
+    ]
     retried = [0]
 
+    def send(message: sdk.WireMessage, shard: int) -> None:
+        for attempt in range(10):
+            try:
+                producer.send_to_shard(message, shard)
+                return
+            except RocketMQSendError:
+                # Under thread contention librocketmq sometimes fails a send with
+                # "No route info" (a transport lock timeout); the bridge retries too,
+                # after a pause (on a loaded machine at once fails again).
+                retried[0] += 1
+                if attempt == 9:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
     def lane(part: int) -> None:
-        for ev in events[part::threads]:
-            msg = sdk.OutMessage(topic, ev.content.encode(), ev.topic, [str(ev.key)], ())
-            for attempt in range(10):
-                try:
-                    producer.send(msg, str(ev.key))
-                    break
-                except RocketMQSendError:
-                    # Under thread contention librocketmq sometimes fails a send with
-                    # "No route info" (a transport lock timeout); the bridge retries too,
-                    # after a pause (on a loaded machine at once fails again).
-                    retried[0] += 1
-                    if attempt == 9:
-                        raise
-                    time.sleep(0.05 * (attempt + 1))
+        for message, shard in messages[part::threads]:
+            send(message, shard)
 
     try:
-        lane(0)  # warm-up: the first send fetches the route (not thread-safe before that)
+        # Warm-up: the first send fetches the route (not thread-safe before that).
+        for message, shard in messages[:20]:
+            send(message, shard)
+        cpu = time.process_time()
         started = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(lane, range(threads)))
         took = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         if retried[0]:
             print(f"rocketmq: raw sends retried {retried[0]} times ({threads} threads)")
-        return threads * len(events[0::threads]) / took
+        return count / took, cpu / count * 1e6
     finally:
         producer.shutdown()
 
@@ -299,18 +321,59 @@ def bench_rocketmq(workdir: Path, config: Path, sizes: Sizes, report: Report) ->
         name_server = broker_env["ROCKETMQ_NAMESRV"]
         for threads, count in ((1, min(n, 10_000)), (lanes, n)):
             label = "rocketmq raw orderly sends" + (", 1 thread" if threads == 1 else "")
-            rate, notes = with_retry(
+            measured, notes = with_retry(
                 label, partial(raw_rocketmq_rate, name_server, "bench_raw", count, threads)
             )
-            if rate is None:
+            if measured is None:
                 report.failed.append((label, notes[-1]))
                 continue
+            rate, cpu_us = measured
+            cpu = f"process CPU {cpu_us:.0f} µs/msg ({cpu_us / 10:.2f} s per 100k)"
+            plural = "s" if threads > 1 else ""
             report.ceilings.append(
                 Ceiling(
-                    label, count, rate, [f"{threads} thread{'s' if threads > 1 else ''}", *notes]
+                    label,
+                    count,
+                    rate,
+                    [f"{threads} thread{plural}, SendMessageOrderly", cpu, *notes],
                 )
             )
-            print(f"{label}: {count} msgs: {rate:,.0f} msg/s", flush=True)
+            print(f"{label}: {count} msgs: {rate:,.0f} msg/s; {cpu}", flush=True)
+        if sizes.rocketmq_transactional:
+            from devtools.bench_rocketmq import raw_transactional_rates
+
+            label = "rocketmq raw transactional sends"
+            rates, notes = with_retry(
+                label,
+                partial(
+                    raw_transactional_rates,
+                    name_server,
+                    "bench_raw",
+                    min(sizes.rocketmq_transactional, 5_000),
+                    lanes,
+                ),
+            )
+            if rates is None:
+                report.failed.append((label, notes[-1]))
+            else:
+                for what, raw in rates.items():
+                    report.ceilings.append(
+                        Ceiling(
+                            f"{label}, {what}",
+                            min(sizes.rocketmq_transactional, 5_000),
+                            raw.rate,
+                            [
+                                f"process CPU {raw.cpu_us:.0f} µs/msg",
+                                *([raw.note] if raw.note else []),
+                                *notes,
+                            ],
+                        )
+                    )
+                    print(
+                        f"{label}, {what}: {raw.rate:,.0f} msg/s; CPU {raw.cpu_us:.0f} µs/msg"
+                        + (f"; {raw.note}" if raw.note else ""),
+                        flush=True,
+                    )
         for label, cfg_path, count in (
             (f"rocketmq ordered ({lanes} lanes)", config, n),
             ("rocketmq transactional", transactional, sizes.rocketmq_transactional),
@@ -424,8 +487,39 @@ def findings(report: Report, sizes: Sizes) -> None:
                 window.rss_mb * 2**20 <= 256e6,
             )
         )
+    from devtools.bench_rocketmq import cpu_of
+
     ordered = next((r for r in report.runs if r.label.startswith("rocketmq ordered")), None)
     rmq_raw = report.ceiling("rocketmq raw orderly sends")
+    rmq_raw_cpu = cpu_of(rmq_raw)
+    if ordered and rmq_raw and ordered.cpu_per_100k is not None and rmq_raw_cpu is not None:
+        bridge_us = ordered.cpu_per_100k * 10
+        out.append(
+            f"RocketMQ ordered: the bridge reached {ordered.rate / rmq_raw.rate:.2f} of the raw "
+            f"multi-threaded send rate ({ordered.rate:,.0f} against {rmq_raw.rate:,.0f} msg/s) "
+            f"at {bridge_us:.0f} µs of bridge CPU per message; the raw sender alone (same "
+            f"send path: SendMessageOrderly, same threads) used {rmq_raw_cpu:.0f} µs per "
+            f"message, {rmq_raw_cpu / bridge_us:.0%} of the bridge's figure and "
+            f"{rmq_raw_cpu / 150:.0%} of the 150 µs target: librocketmq's synchronous send "
+            "(the sending thread, its libevent loop thread and its response-dispatch thread "
+            "all work on every send) "
+            "is most of the cost (docs/rocketmq-performance.md)."
+        )
+    txn_run = report.run("rocketmq transactional")
+    txn_one = next((c for c in report.ceilings if c.label.endswith("1 thread (as the sink)")), None)
+    txn_many = next((c for c in report.ceilings if "no lock" in c.label), None)
+    if txn_run and txn_one:
+        text = (
+            f"RocketMQ transactional: {txn_run.rate:,.0f} msg/s through the bridge against "
+            f"{txn_one.rate:,.0f} raw from one thread, which is how the sink sends "
+            "(one transactional send at a time"
+        )
+        if txn_many:
+            text += (
+                f"; the raw client from several threads without that lock: "
+                f"{txn_many.rate:,.0f} msg/s"
+            )
+        out.append(text + ").")
     if ordered and rmq_raw:
         targets.append(
             (

@@ -24,14 +24,38 @@ A failed send raises :class:`~bridge.errors.RocketMQSendError`, classified as pe
 
 Sends and consumer callbacks are synchronous C calls (the GIL is released inside them):
 run them on worker threads, never on the event loop.
+
+**Sending by key: our queue, no client-side retry.** A keyed send goes through the C
+function ``SendMessageOrderly`` (declared here with ctypes; the Python wrapper does not
+expose it) with ``autoRetryTimes = 0`` and one selector callback that returns
+:func:`queue_index`: ``crc32(key) % queues``. The wrapper's
+``send_orderly_with_sharding_key`` (C ``SendMessageOrderlyByShardingKey``) must not be
+used: it hard-codes three client-side retries, and librocketmq's
+``sendAutoRetrySelectImpl`` sends each retry to the *next* queue of the route (after a
+timeout or a broker busy), so one order's events could land in two queues. Here a failed
+send is reported to the caller, whose retries (the sink's, with back-off) go through the
+selector again, i.e. to the same queue. The queue count is the number of write queues in
+the topic's route as the client last read it (the selector gets it as ``size``): when an
+operator changes a topic's queue count, keys move to other queues from the next route
+refresh on (RocketMQ's own caveat for ordered topics).
+
+**Building a message costs a handful of C calls, all without releasing the GIL**
+(``CreateMessage``, the body with its length, tags, keys, one call per property,
+``DestroyMessage`` after the send): the setters copy a string and return, so they are
+declared with :data:`ctypes.PYFUNCTYPE`; only the send itself releases the GIL. The
+wrapper's ``Message`` was never destroyed (a leak of every message sent) and checked
+every setter's status through an ``IntEnum``; neither happens here.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
+import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -143,6 +167,119 @@ class OutMessage:
     keys: Sequence[str]
     properties: Sequence[tuple[str, str]]
 
+    def wire(self) -> WireMessage:
+        return WireMessage(
+            topic=self.topic.encode(),
+            body=self.body,
+            tags=self.tags.encode() if self.tags else None,
+            # RocketMQ's KEYS property is space separated; each key is indexed for queries.
+            keys=" ".join(self.keys).encode() if self.keys else None,
+            properties=tuple((n.encode(), v.encode()) for n, v in self.properties),
+        )
+
+
+@dataclass(slots=True)
+class WireMessage:
+    """A message as the C API takes it: every text already UTF-8 bytes (no NUL bytes:
+    the C strings would end there; the body has an explicit length and may hold any)."""
+
+    topic: bytes
+    body: bytes
+    tags: bytes | None
+    #: Space-separated keys (RocketMQ's KEYS property), or None.
+    keys: bytes | None
+    properties: tuple[tuple[bytes, bytes], ...]
+
+
+def queue_index(key: bytes, queues: int) -> int:
+    """The queue (index into the topic's route) of a keyed send: CRC-32 (zlib, the same as
+    ``java.util.zip.CRC32``) of the key's bytes modulo the number of write queues.
+
+    With one broker the index is the queue id; with several, the route lists every
+    broker's queues in the order the name server returned them. A change of the queue
+    count moves keys (see the module docstring)."""
+    return zlib.crc32(key) % queues if queues > 0 else 0
+
+
+def _select(size: int, _message: int | None, arg: int | None) -> int:
+    """librocketmq's QueueSelectorCallback; ``arg`` is ``crc32(key) + 1`` (never NULL:
+    SendMessageOrderly refuses a NULL arg). Runs inside the send, on the sending thread;
+    it must not raise (ctypes would hand C an unspecified int, and librocketmq indexes
+    the queue list with it unchecked)."""
+    if not arg or size <= 0:
+        return 0
+    return (arg - 1) % size
+
+
+#: One C function pointer for every keyed send, alive as long as the module (librocketmq
+#: keeps only the raw pointer while a send runs).
+_SELECTOR_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_SELECTOR = _SELECTOR_TYPE(_select)
+
+
+class _Native:
+    """Our own prototypes of the C functions a send uses (see the module docstring).
+
+    Prototype objects bound to the wrapper's ``ffi.dll``: the wrapper's own declarations
+    (argtypes, restypes) stay as they are for the code paths that still use it."""
+
+    def __init__(self, ffi: ModuleType) -> None:
+        dll = ffi.dll
+        keep = ctypes.PYFUNCTYPE  # quick setters: keep the GIL
+        release = ctypes.CFUNCTYPE  # network round trips: release the GIL
+        c_int, c_void_p, c_char_p = ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p
+        result_p = ctypes.POINTER(ffi._CSendResult)
+        self.result_type: Any = ffi._CSendResult
+        self.create = keep(c_void_p, c_char_p)(("CreateMessage", dll))
+        self.destroy = keep(c_int, c_void_p)(("DestroyMessage", dll))
+        self.body = keep(c_int, c_void_p, c_char_p, c_int)(("SetByteMessageBody", dll))
+        self.tags = keep(c_int, c_void_p, c_char_p)(("SetMessageTags", dll))
+        self.keys = keep(c_int, c_void_p, c_char_p)(("SetMessageKeys", dll))
+        self.prop = keep(c_int, c_void_p, c_char_p, c_char_p)(("SetMessageProperty", dll))
+        #: int SendMessageOrderly(CProducer*, CMessage*, QueueSelectorCallback, void* arg,
+        #: int autoRetryTimes, CSendResult*)
+        self.send_orderly = release(
+            c_int, c_void_p, c_void_p, _SELECTOR_TYPE, c_void_p, c_int, result_p
+        )(("SendMessageOrderly", dll))
+        self.send_sync = release(c_int, c_void_p, c_void_p, result_p)(("SendMessageSync", dll))
+        self.execute_type: Any = ffi.LOCAL_TRANSACTION_EXECUTE_CALLBACK
+        #: int SendMessageTransaction(CProducer*, CMessage*,
+        #: CLocalTransactionExecutorCallback, void* userData, CSendResult*)
+        self.send_transaction = release(
+            c_int, c_void_p, c_void_p, self.execute_type, c_void_p, result_p
+        )(("SendMessageTransaction", dll))
+        #: const char* GetOriginMessageProperty(CMessage*, const char*): the message a
+        #: local transaction is handed is a plain one (not a MessageExt).
+        self.origin_property = keep(c_char_p, c_void_p, c_char_p)(("GetOriginMessageProperty", dll))
+
+    def build(self, msg: WireMessage) -> int:
+        """A new CMessage; the caller destroys it (:attr:`destroy`) after the send."""
+        handle: int | None = self.create(msg.topic)
+        if not handle:
+            raise RocketMQSendError("librocketmq could not create a message", permanent=False)
+        body = msg.body
+        # Explicit length: SetMessageBody would stop at the first NUL byte.
+        self.body(handle, body, len(body))
+        if msg.tags:
+            self.tags(handle, msg.tags)
+        if msg.keys:
+            self.keys(handle, msg.keys)
+        prop = self.prop
+        for name, value in msg.properties:
+            prop(handle, name, value)
+        return handle
+
+
+_native: _Native | None = None
+
+
+def _native_api(ffi: ModuleType) -> _Native:
+    global _native
+    with _lock:
+        if _native is None:
+            _native = _Native(ffi)
+        return _native
+
 
 @dataclass(frozen=True, slots=True)
 class SendReceipt:
@@ -204,26 +341,26 @@ def _configure(client: Any, settings: ClientSettings) -> None:
         client.set_session_credentials(*settings.credentials)
 
 
-def _build(client_mod: ModuleType, ffi: ModuleType, msg: OutMessage) -> Any:
-    out = client_mod.Message(msg.topic)
-    # Explicit length: SetMessageBody would stop at the first NUL byte.
-    client_mod.ffi_check(ffi.dll.SetByteMessageBody(out, msg.body, len(msg.body)))
-    if msg.tags:
-        out.set_tags(msg.tags)
-    if msg.keys:
-        # RocketMQ's KEYS property is space separated; each key is indexed for queries.
-        out.set_keys(" ".join(msg.keys))
-    for name, value in msg.properties:
-        out.set_property(name, value)
-    return out
+def _failed(client_mod: ModuleType, code: int) -> RocketMQSendError:
+    """The error of a failed C call (its text is the calling thread's last error)."""
+    try:
+        client_mod.ffi_check(code)
+    except Exception as exc:
+        return classify(exc)
+    return RocketMQSendError(f"status {code}", permanent=False)
 
 
-def _receipt(client_mod: ModuleType, result: Any) -> SendReceipt:
-    if result.status != client_mod.SendStatus.OK:
+def _receipt(result: Any) -> SendReceipt:
+    if result.sendStatus != 0:
         # Stored on the master but not flushed/replicated as configured: not durable
         # in the sense the bridge promises, so it is retried (a possible duplicate).
-        raise RocketMQSendError(f"send status {result.status.name}", permanent=False)
-    return SendReceipt(msg_id=result.msg_id, offset=int(result.offset))
+        name = _SEND_STATUS.get(result.sendStatus, str(result.sendStatus))
+        raise RocketMQSendError(f"send status {name}", permanent=False)
+    return SendReceipt(msg_id=result.msgId.decode("ascii", "replace"), offset=result.offset)
+
+
+#: CSendStatus values other than SEND_OK (0).
+_SEND_STATUS = {1: "FLUSH_DISK_TIMEOUT", 2: "FLUSH_SLAVE_TIMEOUT", 3: "SLAVE_NOT_AVAILABLE"}
 
 
 class Producer:
@@ -246,6 +383,8 @@ class Producer:
                 self._producer._handle, settings.instance_name.encode()
             )
         _configure(self._producer, settings)
+        self._handle: int = self._producer._handle
+        self._native = _native_api(self._ffi)
 
     def start(self) -> None:
         try:
@@ -253,19 +392,34 @@ class Producer:
         except Exception as exc:
             raise classify(exc) from None
 
-    def send(self, msg: OutMessage, sharding_key: str | None) -> SendReceipt:
-        """Send synchronously; with a sharding key, to queue hash(key) % queues."""
+    def send(self, msg: OutMessage | WireMessage, sharding_key: str | bytes | None) -> SendReceipt:
+        """Send synchronously; with a sharding key, to queue :func:`queue_index` of it,
+        with no client-side retry (see the module docstring)."""
+        wire = msg.wire() if isinstance(msg, OutMessage) else msg
+        if sharding_key is None:
+            return self._send(wire, None)
+        key = sharding_key.encode() if isinstance(sharding_key, str) else sharding_key
+        return self._send(wire, zlib.crc32(key))
+
+    def send_to_shard(self, msg: WireMessage, shard: int) -> SendReceipt:
+        """Send to queue ``shard % queues`` (``shard``: 0 ≤ shard < 2**32, e.g. the key's
+        CRC-32, which the caller may have computed already for its own lanes)."""
+        return self._send(msg, shard)
+
+    def _send(self, msg: WireMessage, shard: int | None) -> SendReceipt:
+        native = self._native
+        result = native.result_type()
+        handle = native.build(msg)
         try:
-            out = _build(self._client_mod, self._ffi, msg)
-            if sharding_key is None:
-                result = self._producer.send_sync(out)
+            if shard is None:
+                code = native.send_sync(self._handle, handle, result)
             else:
-                result = self._producer.send_orderly_with_sharding_key(out, sharding_key)
-        except RocketMQSendError:
-            raise
-        except Exception as exc:
-            raise classify(exc) from None
-        return _receipt(self._client_mod, result)
+                code = native.send_orderly(self._handle, handle, _SELECTOR, shard + 1, 0, result)
+        finally:
+            native.destroy(handle)
+        if code != 0:
+            raise _failed(self._client_mod, code)
+        return _receipt(result)
 
     def shutdown(self) -> None:
         self._producer.shutdown()
@@ -286,8 +440,29 @@ def transaction_id(message: InMessage) -> str:
 Checker = Callable[[InMessage], bool | None]
 
 
+class _LocalCall:
+    """One transactional send in flight: its local transaction and what became of it."""
+
+    __slots__ = ("error", "local", "ran")
+
+    def __init__(self, local: Callable[[str], bool]) -> None:
+        self.local = local
+        self.ran = False
+        self.error: BaseException | None = None
+
+
 class TransactionalProducer:
-    """A started transactional producer. The broker's check-backs go to ``checker``."""
+    """A started transactional producer. The broker's check-backs go to ``checker``.
+
+    **One send at a time.** librocketmq's C API keeps *one* local-transaction callback per
+    producer: ``SendMessageTransaction`` stores the callback it is given in the producer's
+    listener, then sends, then calls whatever callback the listener holds. The wrapper
+    made a new callback per send, so two concurrent sends could run each other's local
+    transaction (seen in tests). Here one callback serves every send and finds its send
+    by the ``userData`` token it is handed, which removes that race; sends still go one
+    at a time under a lock (each is a synchronous half-message round trip, the local
+    transaction, and a one-way end-of-transaction request), see docs/rocketmq-performance.md.
+    """
 
     def __init__(
         self,
@@ -302,6 +477,8 @@ class TransactionalProducer:
         self._client_mod, self._ffi = _load()
         status = self._client_mod.TransactionStatus
         ffi = self._ffi
+        native = self._native = _native_api(ffi)
+        commit, rollback, unknown = int(status.COMMIT), int(status.ROLLBACK), int(status.UNKNOWN)
 
         def check(handle: Any, message: Any, _user: Any) -> int:
             # Runs on a librocketmq thread; must not raise (see the module docstring).
@@ -309,14 +486,37 @@ class TransactionalProducer:
                 decision = checker(_read(ffi, message, (UNIQ_KEY, *check_properties)))
             except BaseException as exc:
                 log.error("callback failed; answered safely", callback="check", error=repr(exc))
-                return int(status.UNKNOWN)
+                return unknown
             if decision is None:
-                return int(status.UNKNOWN)
-            return int(status.COMMIT if decision else status.ROLLBACK)
+                return unknown
+            return commit if decision else rollback
 
+        calls: dict[int, _LocalCall] = {}
+        uniq_key = UNIQ_KEY.encode()
+
+        def execute(handle: Any, message: Any, token: int | None) -> int:
+            # Runs inside SendMessageTransaction, on the sending thread; must not raise.
+            call = calls.get(token or 0)
+            if call is None:  # cannot happen: every send registers its token first
+                log.error("local transaction of an unknown send; answered UNKNOWN")
+                return unknown
+            call.ran = True
+            try:
+                # The local callback gets the plain message (not a MessageExt): only the
+                # "Origin" accessors are valid on it.
+                txn = _text(native.origin_property(message, uniq_key))
+                if not txn:
+                    raise RocketMQSendError("half message without UNIQ_KEY", permanent=False)
+                return commit if call.local(txn) else rollback
+            except BaseException as exc:
+                call.error = exc
+                # UNKNOWN leaves the decision to the check-back and the journal.
+                return unknown
+
+        self._calls = calls
+        self._tokens = itertools.count(1)
         self._check_ref = ffi.TRANSACTION_CHECK_CALLBACK(check)
-        ffi.dll.GetOriginMessageProperty.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        ffi.dll.GetOriginMessageProperty.restype = ctypes.c_char_p
+        self._execute_ref = native.execute_type(execute)
         self._handle = ffi.dll.CreateTransactionProducer(group.encode(), self._check_ref, None)
         if not self._handle:
             raise BridgeError("librocketmq could not create a transactional producer")
@@ -330,11 +530,9 @@ class TransactionalProducer:
         if settings.instance_name:
             ffi.dll.SetProducerInstanceName(self._handle, settings.instance_name.encode())
         _configure(self._producer, settings)
-        self._status = status
-        # librocketmq's transactional send is not safe to call concurrently: with several
-        # threads it was seen running the local transaction of *another* call (a stale
-        # callback). One call at a time, always.
-        self._send_lock = threading.Lock()
+        #: One send at a time (see the class docstring); devtools.bench_rocketmq measures
+        #: what dropping it would change.
+        self._send_lock: AbstractContextManager[Any] = threading.Lock()
 
     def start(self) -> None:
         try:
@@ -342,7 +540,7 @@ class TransactionalProducer:
         except Exception as exc:
             raise classify(exc) from None
 
-    def send(self, msg: OutMessage, local: Callable[[str], bool]) -> SendReceipt:
+    def send(self, msg: OutMessage | WireMessage, local: Callable[[str], bool]) -> SendReceipt:
         """Send a half message, run ``local(transaction_id)`` (True = commit), end the
         transaction.
 
@@ -351,36 +549,35 @@ class TransactionalProducer:
         is one-way in RocketMQ: when it is lost the broker asks the checker later, which
         must then give the same answer for that transaction id.
         """
-        status, ffi = self._status, self._ffi
-        outcome: list[BaseException] = []
-
-        def execute(handle: Any, message: Any, _user: Any) -> int:
-            try:
-                # The local callback gets the plain message (not a MessageExt): only the
-                # "Origin" accessors are valid on it.
-                txn = _text(ffi.dll.GetOriginMessageProperty(message, UNIQ_KEY.encode()))
-                if not txn:
-                    raise RocketMQSendError("half message without UNIQ_KEY", permanent=False)
-                return int(status.COMMIT if local(txn) else status.ROLLBACK)
-            except BaseException as exc:
-                outcome.append(exc)
-                # UNKNOWN leaves the decision to the check-back and the journal.
-                return int(status.UNKNOWN)
-
-        callback = ffi.LOCAL_TRANSACTION_EXECUTE_CALLBACK(execute)
-        result = ffi._CSendResult()
+        native = self._native
+        wire = msg.wire() if isinstance(msg, OutMessage) else msg
+        call = _LocalCall(local)
+        result = native.result_type()
+        handle = native.build(wire)
         try:
-            out = _build(self._client_mod, ffi, msg)
-            with self._send_lock:
-                status_code = ffi.dll.SendMessageTransaction(
-                    self._handle, out, callback, None, ctypes.pointer(result)
-                )
-            self._client_mod.ffi_check(status_code)
-        except Exception as exc:
-            raise classify(exc) from None
-        if outcome:
-            raise RocketMQSendError(f"local transaction failed: {outcome[0]}", permanent=False)
-        return SendReceipt(msg_id=_text(result.msgId), offset=int(result.offset))
+            token = next(self._tokens)
+            self._calls[token] = call
+            try:
+                with self._send_lock:
+                    code = native.send_transaction(
+                        self._handle, handle, self._execute_ref, token, result
+                    )
+            finally:
+                del self._calls[token]
+        finally:
+            native.destroy(handle)
+        if code != 0:
+            raise _failed(self._client_mod, code)
+        if call.error is not None:
+            raise RocketMQSendError(f"local transaction failed: {call.error}", permanent=False)
+        if not call.ran or result.sendStatus != 0:
+            # The half message was stored but not flushed/replicated as configured:
+            # librocketmq rolled it back without running the local transaction.
+            name = _SEND_STATUS.get(result.sendStatus, str(result.sendStatus))
+            raise RocketMQSendError(
+                f"half message rolled back: send status {name}", permanent=False
+            )
+        return SendReceipt(msg_id=result.msgId.decode("ascii", "replace"), offset=result.offset)
 
     def shutdown(self) -> None:
         self._producer.shutdown()

@@ -5,8 +5,16 @@ Both modes send synchronously through :mod:`bridge.rocketmq.client` and return f
 (SEND_OK; in transactional mode, committed and journalled), so the pipeline confirms the
 source only then.
 
-* **ordered**: each record goes out with its key (the order id) as sharding key; the
-  client picks queue ``hash(key) % queues``, so one order's events share a queue.
+* **ordered**: each record goes to queue ``crc32(key) % queues`` of its topic
+  (:func:`bridge.rocketmq.client.queue_index`; ``queues``: the write queues of the route
+  the client last read), so one order's events share a queue. The send is the C
+  function ``SendMessageOrderly`` with *no* client-side retry, not the wrapper's
+  ``send_orderly_with_sharding_key``: that one retries inside librocketmq up to three
+  times, and each of those retries goes to the *next* queue (``sendAutoRetrySelectImpl``
+  after a timeout or a busy broker), which split an order over two queues. Our own
+  retries (``retries``, below) choose the queue again, so they stay on the same one.
+  Changing a topic's queue count moves keys to other queues (as for any RocketMQ
+  ordered producer); unkeyed records go round robin.
 * **transactional**: a half message per record; the local transaction appends the
   source message id and the half message's transaction id to the
   :class:`~bridge.sinks.rocketmq_journal.Journal` and commits; the broker's check-back is
@@ -71,10 +79,14 @@ JournalPoint = Literal["before_journal", "after_journal"]
 LocalTransactionHook = Callable[[JournalPoint, str], None]
 
 #: RocketMQ encodes properties as name\x01value\x02...; these bytes cannot appear.
-_PROPERTY_UNSAFE = str.maketrans({"\x01": " ", "\x02": " "})
+_PROPERTY_UNSAFE = bytes.maketrans(b"\x01\x02", b"  ")
+#: Header names, encoded once.
+_NAMES: dict[str, bytes] = {}
 
 
 def _lane(record: OutRecord, index: int, lanes: int) -> int:
+    """A key's lane: ``crc32(key) % lanes``, the same CRC as its queue
+    (:func:`bridge.rocketmq.client.queue_index`)."""
     if record.key is None:
         return index % lanes
     return zlib.crc32(record.key) % lanes
@@ -87,20 +99,35 @@ def _header(record: OutRecord, name: str) -> str | None:
     return None
 
 
-def to_message(record: OutRecord) -> rmq.OutMessage:
+def _text(value: bytes) -> bytes:
+    """A header value as property text: valid UTF-8 (invalid bytes replaced), without
+    RocketMQ's separator bytes."""
+    if not value.isascii():
+        value = value.decode("utf-8", "replace").encode()
+    return value.translate(_PROPERTY_UNSAFE)
+
+
+def to_message(record: OutRecord) -> rmq.WireMessage:
     """Tags = TMC topic; keys = order id and source message id; properties = headers."""
-    message_id = _header(record, H_MESSAGE_ID)
-    keys = [k for k in (record.key.decode() if record.key else None, message_id) if k]
-    props = [
-        (name, value.decode("utf-8", "replace").translate(_PROPERTY_UNSAFE))
-        for name, value in record.headers
-    ]
-    return rmq.OutMessage(
-        topic=record.topic,
+    tags: bytes | None = None
+    message_id: bytes | None = None
+    props = []
+    for name, value in record.headers:
+        if name == H_TOPIC and tags is None:
+            tags = value
+        elif name == H_MESSAGE_ID and message_id is None:
+            message_id = value
+        encoded = _NAMES.get(name)
+        if encoded is None:
+            encoded = _NAMES.setdefault(name, name.encode())
+        props.append((encoded, _text(value)))
+    keys = b" ".join(k for k in (record.key, message_id) if k)
+    return rmq.WireMessage(
+        topic=record.topic.encode(),
         body=record.value or _EMPTY_BODY,
-        tags=_header(record, H_TOPIC),
-        keys=keys,
-        properties=props,
+        tags=_text(tags) if tags else None,
+        keys=_text(keys) if keys else None,
+        properties=tuple(props),
     )
 
 
@@ -298,7 +325,6 @@ class RocketMQSink:
         too_large = _over_broker_limit(record.value, self._config.max_message_bytes)
         if too_large is not None:
             return RocketMQSendError(too_large, permanent=True)
-        message = to_message(record)
         journal_id = _header(record, H_MESSAGE_ID) if self._journal is not None else None
         if (
             journal_id is not None
@@ -310,16 +336,24 @@ class RocketMQSink:
             # line of defence (e.g. for a record journalled by an attempt that then
             # reported an error).
             return None
-        delays = _SEND_BACKOFF.delays()
+        message = to_message(record)
+        key = record.key
+        shard = zlib.crc32(key) if key is not None else None
+        delays = None
         failure: RocketMQSendError | None = None
         for attempt in range(self._config.retries + 1):
-            if attempt > 0 and self._stopping.wait(next(delays)):
-                break
+            if attempt > 0:
+                delays = delays or _SEND_BACKOFF.delays()
+                if self._stopping.wait(next(delays)):
+                    break
             try:
                 if isinstance(producer, rmq.TransactionalProducer):
                     producer.send(message, self._local_transaction(journal_id))
+                elif shard is not None:
+                    # The same queue on every attempt (see the module docstring).
+                    producer.send_to_shard(message, shard)
                 else:
-                    producer.send(message, record.key.decode() if record.key else None)
+                    producer.send(message, None)
                 return None
             except RocketMQSendError as exc:
                 failure = exc

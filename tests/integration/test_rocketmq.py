@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import yaml
 import devtools
 from bridge import config as cfgmod
 from bridge.config import BridgeConfig
+from bridge.errors import RocketMQSendError
+from bridge.rocketmq import client as sdk
 from bridge.sources.tmc.generator import OrderGenerator
 from devtools import harness
 from devtools.brokers.kafka import KafkaBroker
@@ -151,6 +155,57 @@ async def test_tmc_to_rocketmq_ordered_keeps_each_order_in_one_queue_in_order(
         trade = [a for a in arrived if a.topic == rtopics.trade]
         assert len({a.key for a in trade}) > 100
         assert {a.partition for a in trade} == {0, 1, 2, 3}  # orders spread over queues
+
+
+def _send_keyed(broker: RocketMQBroker, topic: str, *, timeout_ms: int) -> tuple[int, int]:
+    """600 records of 12 keys through the client as the ordered sink sends them (the key's
+    CRC-32 as shard, a failed attempt retried); returns (records, failed attempts)."""
+    group = f"place_{uuid.uuid4().hex[:8]}"
+    settings = sdk.ClientSettings(broker.namesrv_addr, None, CREDENTIALS, instance_name=group)
+    producer = sdk.Producer(group, settings, send_timeout_ms=timeout_ms, max_message_bytes=1 << 20)
+    producer.start()
+    failed = 0
+    try:
+        for i in range(600):
+            key = str(3658921147856043000 + i % 12)
+            msg = sdk.OutMessage(
+                topic, f"v{i}".encode(), "t", [key, str(i)], [("tmc.message_id", str(i))]
+            ).wire()
+            for _ in range(200):
+                try:
+                    producer.send_to_shard(msg, zlib.crc32(key.encode()))
+                    break
+                except RocketMQSendError:
+                    failed += 1
+                    time.sleep(0.01)
+            else:
+                raise AssertionError(f"record {i} not sent in 200 attempts")
+    finally:
+        producer.shutdown()
+    return 600, failed
+
+
+async def test_ordered_sends_keep_a_key_in_its_queue_also_when_attempts_fail(
+    rocketmq: RocketMQBroker,
+) -> None:
+    """Every record of a key lands in queue crc32(key) % 4, also the ones whose first
+    attempts failed: a 1 ms send timeout fails part of the attempts (some of them stored
+    anyway, which shows up as duplicates), and each retry goes through the selector again.
+    librocketmq's own retry (send_orderly_with_sharding_key) would move it to the next
+    queue of the route; the bridge's sends have none."""
+    topic = f"place_{uuid.uuid4().hex[:8]}"
+    rocketmq.create_topic(topic, queues=4, order=True)
+    records, failed = await asyncio.to_thread(_send_keyed, rocketmq, topic, timeout_ms=1)
+    arrived = [a for a in await read_rocketmq(rocketmq, [topic], records) if a.key]
+    queues: dict[bytes, set[int]] = {}
+    for a in arrived:
+        assert a.key is not None
+        queues.setdefault(a.key, set()).add(a.partition)
+    assert len(queues) == 12
+    assert {k: sorted(q) for k, q in queues.items() if len(q) > 1} == {}
+    assert all(q == {sdk.queue_index(k, 4)} for k, q in queues.items()), queues
+    assert len({a.message_id for a in arrived}) >= records
+    assert failed > 0, "no attempt failed: the 1 ms timeout did not provoke a retry here"
 
 
 async def test_tmc_to_rocketmq_transactional_commits_and_journals(

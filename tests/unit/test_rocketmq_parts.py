@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -190,13 +191,48 @@ def test_record_maps_to_tags_keys_and_properties() -> None:
         headers=((H_TOPIC, b"taobao_trade_TradeCreate"), (H_MESSAGE_ID, b"7"), ("x", b"a\x01b")),
     )
     out = to_message(rec)
-    assert (out.topic, out.tags, list(out.keys)) == (
-        "tmc_trade",
-        "taobao_trade_TradeCreate",
-        ["42", "7"],
-    )
+    assert (out.topic, out.tags, out.keys) == (b"tmc_trade", b"taobao_trade_TradeCreate", b"42 7")
     assert out.body == b"-"  # RocketMQ refuses empty bodies
-    assert ("x", "a b") in out.properties
+    assert (b"x", b"a b") in out.properties
+    assert (b"tmc.message_id", b"7") in out.properties
+    # Not UTF-8: replaced, as a Java consumer would read it anyway.
+    odd = to_message(OutRecord("t", None, b"v", (("y", b"\xff\x01"),)))
+    assert (odd.keys, odd.tags, odd.properties) == (None, None, ((b"y", "\ufffd ".encode()),))
+    # The str-based message of devtools and tests encodes to the same thing.
+    same = sdk.OutMessage(
+        "tmc_trade", b"-", "taobao_trade_TradeCreate", ["42", "7"], [("x", "a b")]
+    )
+    assert same.wire().keys == out.keys and same.wire().properties == ((b"x", b"a b"),)
+
+
+def test_a_key_always_gets_the_same_queue_crc32_modulo_the_queue_count() -> None:
+    """The queue choice of ordered sends: documented, language neutral (java.util.zip.CRC32
+    gives the same), and what the C selector callback returns for the arg the send passes."""
+    import zlib
+
+    key = b"3658921147856043210"
+    assert zlib.crc32(key) == 0x2F9DF994  # CRC-32/ISO-HDLC, as zlib and java.util.zip.CRC32
+    for queues in (1, 2, 4, 8, 16):
+        index = sdk.queue_index(key, queues)
+        assert index == zlib.crc32(key) % queues
+        # The send passes crc32(key) + 1 (SendMessageOrderly refuses a NULL arg) and the
+        # selector gets the route's queue count as size.
+        assert sdk._select(queues, None, zlib.crc32(key) + 1) == index
+    assert sdk.queue_index(b"1", 4) == zlib.crc32(b"1") % 4
+    assert sdk.queue_index(key, 0) == 0
+    # Never an index C would read past the queue list with, whatever it is handed.
+    assert sdk._select(0, None, 5) == 0
+    assert sdk._select(4, None, None) == 0
+    assert all(0 <= sdk._select(3, None, arg) < 3 for arg in (1, 2, 3, 2**32, 2**32 + 1))
+    # Keys spread over the queues (the lane of a key is crc32 % lanes too).
+    spread = {sdk.queue_index(str(k).encode(), 4) for k in range(100)}
+    assert spread == {0, 1, 2, 3}
+    # A change of the queue count moves keys (RocketMQ's caveat for ordered topics).
+    moved = sum(
+        sdk.queue_index(str(k).encode(), 4) != sdk.queue_index(str(k).encode(), 8)
+        for k in range(1000)
+    )
+    assert moved > 300
 
 
 class ScriptedProducer:
@@ -205,17 +241,20 @@ class ScriptedProducer:
     def __init__(self, fail: set[bytes], refuse: set[bytes]) -> None:
         self.fail, self.refuse = fail, refuse
         self.sent: list[str] = []
+        self.shards: dict[bytes, set[int]] = {}
         self.lock = threading.Lock()
 
-    def send(self, msg: sdk.OutMessage, sharding_key: str | None) -> sdk.SendReceipt:
-        key = (sharding_key or "").encode()
-        if key in self.refuse and msg.topic != "dlq":
+    def send_to_shard(self, msg: sdk.WireMessage, shard: int) -> sdk.SendReceipt:
+        key = (msg.keys or b"").split()[0]
+        assert shard == zlib.crc32(key)
+        self.shards.setdefault(key, set()).add(shard)
+        if key in self.refuse and msg.topic != b"dlq":
             raise RocketMQSendError("the message body size over max value", permanent=True)
         if key in self.fail:
             self.fail.discard(key)
             raise RocketMQSendError("No route info of this topic", permanent=False)
         with self.lock:
-            self.sent.append(f"{msg.topic}:{sharding_key}:{msg.body.decode()}")
+            self.sent.append(f"{msg.topic.decode()}:{key.decode()}:{msg.body.decode()}")
         return sdk.SendReceipt("id", 0)
 
     def shutdown(self) -> None:
@@ -258,6 +297,8 @@ def test_sink_resumes_a_batch_without_resending_and_keeps_key_order() -> None:
     assert per_key["2"] == ["v1", "v3"]
     assert per_key["1"] == ["v0", "v4"]
     assert "dlq:3:v2" in sent
+    # Every attempt of a key, the failed ones too, went to the key's one queue.
+    assert all(len(shards) == 1 for shards in producer.shards.values())
     sink.close()
 
 
