@@ -538,7 +538,7 @@ def findings(report: Report, sizes: Sizes) -> None:
         )
     if targets:
         out.append(
-            "Issue 15's targets (for the work after this harness): "
+            "Issue 15's targets: "
             + "; ".join(
                 f"{name}: {value} ({'met' if ok else 'missed'})" for name, value, ok in targets
             )
