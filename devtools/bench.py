@@ -14,10 +14,13 @@ Kafka (one local broker, ``bridge.yaml``; N = ``--messages``, 100,000 by default
   that is up and idle, after a warm-up: push -> confirm p50/p99/p999 not under saturation;
 * the durable run again with ``--window-ids`` (1,000,000) ids already in the committed-ids
   topic: catch-up at start, then CPU and peak RSS with a full window;
-* scale-out: two bridge processes (their own transactional.id) on one TMC group.
+* scale-out: two bridge processes (their own transactional.id) on one TMC group;
+* one bridge with two connections (``source.tmc.connections: 2``): TMC's window of 1,000
+  unconfirmed pushes is per connection, so at full speed one connection's rate is about
+  1,000 / (push -> confirm time).
 
-RocketMQ (local broker with ACL, ``examples/bridge-rocketmq.yaml``): raw
-``send_orderly_with_sharding_key`` from as many threads as the bridge has lanes and from
+RocketMQ (local broker with ACL, ``examples/bridge-rocketmq.yaml``): raw orderly sends
+through the sink's own send path from as many threads as the bridge has lanes and from
 one; the bridge in ordered mode and in transactional mode.
 
 Every bridge row reports msg/s, latency, CPU s per 100k (start-up excluded: counted from
@@ -266,6 +269,19 @@ def bench_kafka(
                 broker_pid=pid,
             ),
         )
+        two_connections = workdir / "bridge-2-connections.yaml"
+        two_connections.parent.mkdir(parents=True, exist_ok=True)
+        text = config.read_text()
+        if "connections: 1 " not in text:
+            raise SystemExit(f"bench: {config} has no 'connections: 1' line to switch")
+        two_connections.write_text(text.replace("connections: 1 ", "connections: 2 ", 1))
+        connections_label = "kafka, durable, 2 connections"
+        row(
+            connections_label,
+            lambda: full_speed(
+                connections_label, workdir / "connections", two_connections, env, n, broker_pid=pid
+            ),
+        )
         scale_label = "kafka, durable, 2 bridges on one group"
         row(
             scale_label,
@@ -399,6 +415,17 @@ def findings(report: Report, sizes: Sizes) -> None:
     paced_run = next((r for r in report.runs if "fixed rate" in r.label), None)
     window = next((r for r in report.runs if "in the window" in r.label), None)
     scale = report.run("kafka, durable, 2 bridges on one group")
+    connections = report.run("kafka, durable, 2 connections")
+    if durable and connections and durable.rate:
+        out.append(
+            f"Two connections in one bridge: {connections.rate:,.0f} msg/s against "
+            f"{durable.rate:,.0f} with one ({connections.rate / durable.rate:.2f}×), at "
+            f"{fmt(connections.cpu_per_100k)} CPU s per 100k. TMC lets each connection have "
+            "1,000 pushes unconfirmed, so one connection's rate is at most 1,000 divided by "
+            f"the push → confirm time (p50 {fmt(durable.p50_ms, 1)} ms at full speed here); "
+            "a second connection doubles what may be in flight, and the bridge's one core "
+            "becomes the limit instead."
+        )
     if durable and raw:
         out.append(
             f"The bridge (durable dedup) reached {durable.rate / raw.rate:.2f} of the raw "

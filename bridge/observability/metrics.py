@@ -32,6 +32,12 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from bridge import __version__
+from bridge.observability.loop_metrics import (
+    CounterChild,
+    HistogramChild,
+    LoopCounter,
+    LoopHistogram,
+)
 
 _M = TypeVar("_M", Counter, Histogram)
 
@@ -127,15 +133,15 @@ class Metrics:
 
         # -- source ------------------------------------------------------------------
         #: (source, topic) -> the received counter's and the lag histogram's children.
-        self._received_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._received = _Cache(
-            Counter(
-                "tmc_bridge_source_received_messages",
-                "Messages taken into the pipeline (redeliveries of held or committed "
-                "messages are not counted here).",
-                ["source", "topic"],
-                registry=r,
-            )
+        # Counted once per message on the event loop: the lock-free families of
+        # loop_metrics (same exposition).
+        self._received_children: dict[tuple[str, str], tuple[CounterChild, HistogramChild]] = {}
+        self._received = LoopCounter(
+            "tmc_bridge_source_received_messages",
+            "Messages taken into the pipeline (redeliveries of held or committed "
+            "messages are not counted here).",
+            ["source", "topic"],
+            registry=r,
         )
         self._confirmed = _Cache(
             Counter(
@@ -169,14 +175,12 @@ class Metrics:
                 registry=r,
             )
         )
-        self._lag = _Cache(
-            Histogram(
-                "tmc_bridge_source_publish_lag_seconds",
-                "Source publish time to receipt by the bridge (includes redeliveries).",
-                ["source"],
-                buckets=LAG_BUCKETS,
-                registry=r,
-            )
+        self._lag = LoopHistogram(
+            "tmc_bridge_source_publish_lag_seconds",
+            "Source publish time to receipt by the bridge (includes redeliveries).",
+            ["source"],
+            buckets=LAG_BUCKETS,
+            registry=r,
         )
         self._skipped = _Cache(
             Counter(
@@ -231,14 +235,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self._confirm_latency = _Cache(
-            Histogram(
-                "tmc_bridge_pipeline_confirm_latency_seconds",
-                "Receipt by the bridge to confirm (after the sink committed).",
-                ["source"],
-                buckets=CONFIRM_BUCKETS,
-                registry=r,
-            )
+        self._confirm_latency = LoopHistogram(
+            "tmc_bridge_pipeline_confirm_latency_seconds",
+            "Receipt by the bridge to confirm (after the sink committed).",
+            ["source"],
+            buckets=CONFIRM_BUCKETS,
+            registry=r,
         )
 
         # -- filters -----------------------------------------------------------------
@@ -334,7 +336,7 @@ class Metrics:
         # Once per message: the counter child and the histogram child by one dict lookup.
         children = self._received_children.get((source, topic))
         if children is None:
-            children = (self._received.get(source, self._topic(topic)), self._lag.get(source))
+            children = (self._received.labels(source, self._topic(topic)), self._lag.labels(source))
             if len(self._received_children) < 2 * MAX_TOPIC_LABELS:
                 self._received_children[(source, topic)] = children
         children[0].inc()
@@ -349,7 +351,7 @@ class Metrics:
         self._duplicates.get(source, kind).inc()
 
     def confirm_latency(self, source: str, latency_s: float) -> None:
-        self._confirm_latency.get(source).observe(latency_s)
+        self._confirm_latency.labels(source).observe(latency_s)
 
     def failed(self, source: str, topic: str, count: int = 1) -> None:
         self._failed.get(source, self._topic(topic)).inc(count)

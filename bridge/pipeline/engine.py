@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -48,7 +48,7 @@ from bridge.model import Delivery, OutRecord, SourceMessage, stream_key
 from bridge.observability import metrics as m
 from bridge.pipeline.filters import DIVERT, Filters, Verdict
 from bridge.pipeline.ledger import Admission, Ledger, LruCommittedIds, swap_refused
-from bridge.pipeline.ports import Batch, BatchSink, CommittedIds, Refused
+from bridge.pipeline.ports import TAKEN, Batch, BatchSink, CommittedIds, Refused
 from bridge.pipeline.routing import Router
 from bridge.retry import Backoff
 
@@ -167,33 +167,46 @@ class Pipeline:
     def accepting(self) -> bool:
         return not self._closed
 
-    async def submit(self, delivery: Delivery) -> None:
-        """Take a delivery; waits while the pipeline is full. Never confirms by itself
-        except for a message already committed (a redelivery)."""
-        msg = delivery.message
-        key = stream_key(msg)
-        ledger = self._ledger
-        while True:
-            held = ledger.holding(key)
-            if held is not None:
-                self.stats.duplicates_in_flight += 1
-                self.metrics.duplicate(msg.source, Admission.HELD.value)
-                held.delivery.acks.extend(delivery.acks)
-                return
-            if len(ledger) < self._config.max_in_flight:
-                break
+    def submit(self, delivery: Delivery) -> Awaitable[None]:
+        """Take a delivery; the awaitable returned waits while the pipeline is full. Never
+        confirms by itself except for a message already committed (a redelivery).
+
+        An awaitable, not always a coroutine: a delivery taken at once (the usual case,
+        once per message) costs no coroutine. ``asyncio.create_task`` needs one: wrap it."""
+        if self._offer(delivery):
+            return TAKEN
+        return self._submit_when_room(delivery)
+
+    async def _submit_when_room(self, delivery: Delivery) -> None:
+        while not self._offer(delivery):
             # Full: wait for room, then decide again (it may have arrived meanwhile).
             self._has_room.clear()
             await self._has_room.wait()
+
+    def _offer(self, delivery: Delivery) -> bool:
+        """Take ``delivery`` now (held, folded into the one held, or left to its source
+        while draining) and return True; False when the pipeline is full."""
+        msg = delivery.message
+        key = stream_key(msg)
+        ledger = self._ledger
+        held = ledger.holding(key)
+        if held is not None:
+            self.stats.duplicates_in_flight += 1
+            self.metrics.duplicate(msg.source, Admission.HELD.value)
+            held.delivery.acks.extend(delivery.acks)
+            return True
+        if len(ledger) >= self._config.max_in_flight:
+            return False
         if self._closed:
             # Draining: not accepted, not confirmed; the source will redeliver it.
-            return
+            return True
         entry = _Entry(key, delivery, self._clock(), self._committed.ticket())
         ledger.hold(key, entry)
         if entry.ticket <= self._served and not self._undecided:
             self._decide(entry)
         else:
             self._undecided.append(entry)
+        return True
 
     def _on_served(self, ticket: int) -> None:
         """The store is current as of ``ticket``: decide what waited for it, in order."""

@@ -27,14 +27,34 @@ The contracts, stated once:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.model import Ack, Delivery, OutRecord
 
 #: Hands one delivery to the pipeline; waits while the pipeline is full (back-pressure).
+#: It may return :data:`TAKEN` (taken at once, nothing to wait for): a source that cannot
+#: await where it receives (a protocol callback) checks for it.
 Submit = Callable[[Delivery], Awaitable[None]]
+
+
+class _Taken:
+    """The awaitable of a delivery the pipeline took at once: awaiting it returns
+    immediately, without suspending."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # a generator function: the await ends at once
+
+    def __repr__(self) -> str:
+        return "TAKEN"
+
+
+#: What :data:`Submit` returns for a delivery it took without waiting.
+TAKEN: Awaitable[None] = _Taken()
 
 #: Identifies a message across redeliveries: (source name, message id).
 MessageKey = tuple[str, int]
@@ -175,6 +195,7 @@ class CommittedIds(Protocol):
 
 
 __all__ = [
+    "TAKEN",
     "Ack",
     "Batch",
     "BatchSink",

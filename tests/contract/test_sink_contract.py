@@ -105,8 +105,12 @@ def assert_key_order(arrived: list[Arrived], index_of: dict[int, int]) -> None:
     problems = []
     for (topic, key), recs in by_key.items():
         if len({r.partition for r in recs}) > 1:
+            # Which records went where (batch index, partition/queue, offset): enough to
+            # tell a moved key from a re-read or a retry in a failure report.
+            placed = sorted((index_of.get(r.message_id, -1), r.partition, r.offset) for r in recs)
             problems.append(
-                f"{topic} key {key!r} in partitions {sorted({r.partition for r in recs})}"
+                f"{topic} key {key!r} in partitions {sorted({r.partition for r in recs})}: "
+                f"(index, partition, offset) {placed}"
             )
             continue
         order = [index_of[r.message_id] for r in sorted(recs, key=lambda r: r.offset)]

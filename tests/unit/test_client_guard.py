@@ -4,7 +4,7 @@ skipped or handed on marked malformed, and no exception ends the connection task
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 import structlog
@@ -13,6 +13,7 @@ from bridge.config import TmcSourceConfig
 from bridge.errors import ConfigError
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
+from bridge.pipeline.ports import TAKEN
 from bridge.sources.tmc import codec
 from bridge.sources.tmc.codec import Fmt, Value
 from bridge.sources.tmc.connection import TmcSource
@@ -162,5 +163,58 @@ async def test_a_session_that_logged_in_resets_the_reconnect_back_off(
         await wait_until(lambda: sim.stats.logins_ok == 6, "sixth login")
         delays = [e["in_s"] for e in logs if e["event"] == "tmc reconnecting"]
         assert len(delays) >= 5 and max(delays) <= 0.3, delays  # type: ignore[type-var]
+    finally:
+        await source.close()
+
+
+class Gate:
+    """A submit that takes deliveries at once (``TAKEN``) while open and makes them wait
+    while closed: the pipeline's back-pressure, without a pipeline."""
+
+    def __init__(self) -> None:
+        self.got: list[Delivery] = []
+        self.open = asyncio.Event()
+        self.waited = 0
+
+    def __call__(self, delivery: Delivery) -> Awaitable[None]:
+        if self.open.is_set():
+            self._take(delivery)
+            return TAKEN
+        self.waited += 1
+        return self._when_open(delivery)
+
+    async def _when_open(self, delivery: Delivery) -> None:
+        await self.open.wait()
+        self._take(delivery)
+
+    def _take(self, delivery: Delivery) -> None:
+        self.got.append(delivery)
+        for ack in delivery.acks:
+            ack.confirm()
+
+
+async def test_a_full_pipeline_pauses_the_socket_and_nothing_is_lost_or_reordered(
+    sim: Simulator,
+) -> None:
+    """Pushes come straight from the protocol parser; while the pipeline is full the
+    socket's reads pause and what was already read waits in order."""
+    gate = Gate()
+    source = TmcSource(source_config(sim.url), gate, metrics=Metrics())
+    source.start()
+    try:
+        await wait_until(lambda: source.logged_in == 1, "login")
+        ids = sim.publish(400)
+        await wait_until(lambda: gate.waited == 1, "the first push to wait")
+        conn = source._connections[0]
+        ws = conn._ws
+        assert ws is not None
+        await wait_until(lambda: not ws.transport.is_reading(), "reads paused")
+        await asyncio.sleep(0.3)
+        assert gate.got == [] and gate.waited == 1  # the rest waits unsubmitted, in order
+        gate.open.set()
+        await wait_until(lambda: len(gate.got) == 400, "every push")
+        assert [d.message.message_id for d in gate.got] == ids
+        assert ws.transport.is_reading()
+        await wait_until(lambda: sim.stats.confirmed == 400, "every push confirmed")
     finally:
         await source.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import websockets.frames as frames_module
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -97,3 +99,45 @@ async def test_sizes_just_over_the_limit(size: int) -> None:
     async with _client_of(send) as received:
         assert transport.oversized(received[0]) == (size, b"\x02" * LIMIT)  # type: ignore[arg-type]
         assert received[1] == b"next"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536])
+def test_masked_frames_are_what_websockets_writes(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each frame is the library's own serialisation given the same masking key."""
+    payloads = [bytes(range(256)) * (size // 256) + b"x" * (size % 256), b"\x02\x02ab"]
+    keys = bytes(range(1, 9))
+    monkeypatch.setattr(secrets, "token_bytes", lambda n: keys[:n])
+    joined = transport.masked_binary_frames(payloads)
+    expected = b""
+    for i, payload in enumerate(payloads):
+        key = keys[4 * i : 4 * i + 4]
+        monkeypatch.setattr(secrets, "token_bytes", lambda _n, key=key: key)
+        expected += frames_module.Frame(frames_module.Opcode.BINARY, payload).serialize(
+            mask=True, extensions=[]
+        )
+    assert joined == expected
+
+
+async def test_send_all_delivers_each_frame_as_one_message_in_order() -> None:
+    got: list[bytes] = []
+    done = asyncio.Event()
+    frames = [f"confirm {i}".encode() * (i % 40) for i in range(300)]
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, bytes)
+            got.append(message)
+            if len(got) == len(frames):
+                done.set()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(
+            f"ws://127.0.0.1:{port}/", create_connection=transport.connection_class(LIMIT)
+        ) as ws:
+            await transport.send_all(ws, frames[:1])
+            await transport.send_all(ws, frames[1:])
+            await asyncio.wait_for(done.wait(), 10)
+    assert got == frames

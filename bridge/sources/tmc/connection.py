@@ -39,9 +39,10 @@ pipeline's committed-id cache confirms the redelivery without writing it twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -52,7 +53,7 @@ from bridge.config_fields import public_url
 from bridge.errors import ConfigError, FrameError, LoginError, ProtocolError, TmcError
 from bridge.model import Delivery
 from bridge.observability.metrics import Metrics
-from bridge.pipeline.ports import Ack, Source, Submit
+from bridge.pipeline.ports import TAKEN, Ack, Source, Submit
 from bridge.retry import Backoff
 from bridge.sources.tmc import platform_errors, tls, transport
 from bridge.sources.tmc.auth_token import AuthTokenError, AuthTokenSource
@@ -162,6 +163,12 @@ class _Connection:
         self.online = False
         self._ws: ClientConnection | None = None
         self._outbox = _Outbox()
+        #: Deliveries read while the pipeline was full (see _on_binary), in order; the
+        #: task that submits them as room appears; True while it runs.
+        self._backlog: collections.deque[Delivery] = collections.deque()
+        self._backlog_task: asyncio.Task[None] | None = None
+        self._backlog_first: asyncio.Future[None] | None = None
+        self._blocked = False
         #: Pushes taken and confirms queued since the last metrics update: counted here
         #: and added to the Prometheus counter once per write, not once per message.
         self.unreported_received = 0
@@ -336,7 +343,11 @@ class _Connection:
             self._set_online(True)
             self.last_error = None
             self._log.info("tmc logged in", flag=self.generation)
-            tasks = [
+            if isinstance(ws, transport.TmcConnection):
+                # Pushes straight from the protocol parser from now on (see _on_binary).
+                generation = self.generation
+                ws.on_binary = lambda data: self._on_binary(ws, data, generation)
+            tasks: list[asyncio.Future[None]] = [
                 asyncio.create_task(self._reader(ws)),
                 asyncio.create_task(self._writer(ws)),
                 asyncio.create_task(self._puller()),
@@ -351,6 +362,16 @@ class _Connection:
                 raise RuntimeError(f"tmc connection task ended: {sorted(map(str, done))}")
             finally:
                 self._set_online(False)
+                if isinstance(ws, transport.TmcConnection):
+                    ws.on_binary = None
+                # Deliveries still waiting for room are dropped: unconfirmed, the server
+                # redelivers them, as it does what was still unread in the socket.
+                self._backlog.clear()
+                self._blocked = False
+                for pending in (self._backlog_task, self._backlog_first):
+                    if pending is not None:
+                        tasks.append(pending)
+                self._backlog_task = self._backlog_first = None
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -424,15 +445,73 @@ class _Connection:
         # Runs until the socket closes, also while draining: leaving the loop would end
         # the session, and with it the writer that still has confirms to send for what
         # the pipeline commits during the drain (a lost confirm is a duplicate later).
+        # Pushes normally come through _on_binary; recv() gets only what that path left
+        # (text, fragments, or frames behind such a message, in order).
         generation = self.generation
+        direct = ws if isinstance(ws, transport.TmcConnection) else None
         while True:
             data = await ws.recv()
             self._last_traffic = time.monotonic()
             if not isinstance(data, bytes):
                 continue  # text frames are not part of TMC (§3)
             delivery = self._take(data, generation)
-            if delivery is not None:
+            if delivery is None:
+                continue
+            if direct is not None:
+                # Nothing may overtake this one through the direct path meanwhile.
+                direct.direct_paused = True
+            try:
                 await self._submit(delivery)
+            finally:
+                if direct is not None:
+                    direct.direct_paused = False
+
+    def _on_binary(self, ws: transport.TmcConnection, data: bytes, generation: int) -> None:
+        """A push as the protocol parsed it (synchronously, from the socket's
+        ``data_received``): taken into the pipeline at once when it has room. When it is
+        full, this delivery and every later one wait in ``_backlog`` (in order) while the
+        socket's reads are paused, so TCP pushes back on the server as before (§9.6)."""
+        self._last_traffic = time.monotonic()
+        delivery = self._take(data, generation)
+        if delivery is None:
+            return
+        if self._blocked:
+            self._backlog.append(delivery)
+            return
+        try:
+            waiting = self._submit(delivery)
+        except Exception as exc:
+            # A bug; the frame must not end the socket's protocol callback. Unconfirmed,
+            # the message comes back.
+            self._log.exception("tmc push could not be submitted", error=repr(exc)[:300])
+            return
+        if waiting is TAKEN:
+            return
+        self._blocked = True
+        ws.transport.pause_reading()
+        # A future of its own, so that the session's end can cancel it whatever state the
+        # task serving the backlog is in (a coroutine never awaited would be a warning).
+        self._backlog_first = asyncio.ensure_future(waiting)
+        self._backlog_task = asyncio.get_running_loop().create_task(
+            self._serve_backlog(ws, self._backlog_first)
+        )
+
+    async def _serve_backlog(self, ws: transport.TmcConnection, first: Awaitable[None]) -> None:
+        """Wait for room for the first blocked delivery, then submit the ones read after
+        it, in order, then read the socket again."""
+        try:
+            await first
+            backlog = self._backlog
+            while backlog:
+                await self._submit(backlog.popleft())
+        except Exception as exc:
+            # A bug in submit: log it, drop the rest (redelivered), and read on rather
+            # than leave the socket paused for good.
+            self._log.exception("tmc pushes could not be submitted", error=repr(exc)[:300])
+            self._backlog.clear()
+        self._blocked = False
+        self._backlog_task = self._backlog_first = None
+        ws.transport.resume_reading()
 
     def _take(self, data: bytes, generation: int) -> Delivery | None:
         """One frame -> a delivery, or None (logged and counted). The guard of the source:
@@ -548,6 +627,10 @@ class _Connection:
     async def _close_socket(self, reason: str) -> None:
         ws = self._ws
         if ws is not None:
+            if self._blocked:
+                # Reads paused for a full pipeline: the server's Close must be read. What
+                # comes before it is not taken any more (_reading is off when closing).
+                ws.transport.resume_reading()
             # Let queued confirms out before the Close frame.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox.drained(), 2.0)
