@@ -15,8 +15,9 @@ notices. The count is derived from the buckets, so ``_count`` and ``+Inf`` alway
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -53,7 +54,41 @@ class CounterChild:
         self.value += amount
 
 
-class LoopHistogram(Collector):
+_C = TypeVar("_C", HistogramChild, CounterChild)
+
+
+class _LoopFamily(Collector, Generic[_C]):
+    """A labelled family of children made by ``new_child``, one per label set."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        new_child: Callable[[], _C],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._new_child: Callable[[], _C] = new_child
+        self._children: dict[tuple[str, ...], _C] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _C:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name}: expected labels {self._labelnames}")
+            child = self._children[values] = self._new_child()
+        return child
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+
+class LoopHistogram(_LoopFamily[HistogramChild]):
     """A labelled histogram family (see the module docstring)."""
 
     def __init__(
@@ -65,26 +100,13 @@ class LoopHistogram(Collector):
         buckets: Iterable[float],
         registry: CollectorRegistry,
     ) -> None:
-        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
-        self._bounds = tuple(float(b) for b in buckets)
+        bounds = tuple(float(b) for b in buckets)
+        super().__init__(name, documentation, labelnames, lambda: HistogramChild(bounds), registry)
         # The le values exactly as prometheus-client writes them ("1.0", "0.005").
-        self._le = [floatToGoString(b) for b in self._bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self._labelnames):
-                raise ValueError(f"{self._name}: expected labels {self._labelnames}")
-            child = self._children[values] = HistogramChild(self._bounds)
-        return child
+        self._le = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
-
-    def describe(self) -> list[Metric]:
-        return [self._family()]
 
     def collect(self) -> list[Metric]:
         family = self._family()
@@ -99,7 +121,7 @@ class LoopHistogram(Collector):
         return [family]
 
 
-class LoopCounter(Collector):
+class LoopCounter(_LoopFamily[CounterChild]):
     """A labelled counter family (see the module docstring); ``name`` without
     ``_total``, which the exposition adds."""
 
@@ -111,23 +133,10 @@ class LoopCounter(Collector):
         *,
         registry: CollectorRegistry,
     ) -> None:
-        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            if len(values) != len(self._labelnames):
-                raise ValueError(f"{self._name}: expected labels {self._labelnames}")
-            child = self._children[values] = CounterChild()
-        return child
+        super().__init__(name, documentation, labelnames, CounterChild, registry)
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
-
-    def describe(self) -> list[Metric]:
-        return [self._family()]
 
     def collect(self) -> list[Metric]:
         family = self._family()
