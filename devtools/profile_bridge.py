@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import signal
@@ -63,14 +64,42 @@ def profile(messages: int, workdir: Path, rate: int) -> Path:
                 stderr=subprocess.STDOUT,
             )
             started = time.monotonic()
+            before = thread_cpu(bridge.proc.pid)
             harness.wait_confirmed(port, messages, timeout_s=600, watch=bridge)
+            after = thread_cpu(bridge.proc.pid)
             print(f"profile: {messages} confirmed, sampled {time.monotonic() - started:.1f} s")
+            print_thread_cpu(before, after)
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         finally:
             bridge.stop()
             sim.stop()
     return raw
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of every thread of ``pid``, by ``name (tid)``: the
+    native threads too (librdkafka's, librocketmq's), which py-spy does not sample."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[f"{name} ({task.name})"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def print_thread_cpu(before: dict[str, float], after: dict[str, float]) -> None:
+    used = {name: cpu - before.get(name, 0.0) for name, cpu in after.items()}
+    total = sum(used.values())
+    print(f"profile: CPU by thread (all threads, native ones too): {total:.2f} s")
+    for name, cpu in sorted(used.items(), key=lambda item: -item[1]):
+        if cpu > 0:
+            print(f"  {cpu:6.2f} s  {cpu / total:6.1%}  {name}")
 
 
 def report(raw: Path, top: int) -> None:
