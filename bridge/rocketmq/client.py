@@ -49,6 +49,7 @@ every setter's status through an ``IntEnum``; neither happens here.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import os
@@ -201,6 +202,24 @@ def queue_index(key: bytes, queues: int) -> int:
     return zlib.crc32(key) % queues if queues > 0 else 0
 
 
+#: The topic of the keyed send running on this thread (read by the selector).
+_sending = threading.local()
+#: The queue count each topic's keyed sends last saw, and every change of it as
+#: (topic, before, after): a change moves keys to other queues, so the sink logs it
+#: (see :func:`queue_count_changes`). Written by the selector on the sending threads.
+_queue_counts: dict[bytes, int] = {}
+_queue_count_changes: collections.deque[tuple[bytes, int, int]] = collections.deque(maxlen=100)
+
+
+def queue_count_changes() -> list[tuple[str, int, int]]:
+    """The changes of a topic's queue count seen by keyed sends since the last call."""
+    found = []
+    while _queue_count_changes:
+        topic, before, after = _queue_count_changes.popleft()
+        found.append((topic.decode("utf-8", "replace"), before, after))
+    return found
+
+
 def _select(size: int, _message: int | None, arg: int | None) -> int:
     """librocketmq's QueueSelectorCallback; ``arg`` is ``crc32(key) + 1`` (never NULL:
     SendMessageOrderly refuses a NULL arg). Runs inside the send, on the sending thread;
@@ -208,6 +227,12 @@ def _select(size: int, _message: int | None, arg: int | None) -> int:
     the queue list with it unchecked)."""
     if not arg or size <= 0:
         return 0
+    topic = getattr(_sending, "topic", None)
+    if topic is not None and _queue_counts.get(topic) != size:
+        before = _queue_counts.get(topic)
+        _queue_counts[topic] = size
+        if before is not None:
+            _queue_count_changes.append((topic, before, size))
     return (arg - 1) % size
 
 
@@ -414,6 +439,7 @@ class Producer:
             if shard is None:
                 code = native.send_sync(self._handle, handle, result)
             else:
+                _sending.topic = msg.topic
                 code = native.send_orderly(self._handle, handle, _SELECTOR, shard + 1, 0, result)
         finally:
             native.destroy(handle)

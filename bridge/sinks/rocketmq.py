@@ -301,6 +301,15 @@ class RocketMQSink:
         if self._journal is not None:
             self._journal.sync()
         self._progress = None
+        for topic, before, after in rmq.queue_count_changes():
+            # Keys are placed by crc32(key) % queues: a new count moves most of them, so
+            # an order's events before and after this point may sit in two queues.
+            log.warning(
+                "rocketmq topic's queue count changed: keyed records now go to other queues",
+                topic=topic,
+                queues_before=before,
+                queues_after=after,
+            )
         return []
 
     def _send_lane(

@@ -338,3 +338,17 @@ async def test_ons_handler_answers_only_after_the_pipeline_settled() -> None:
     assert source._handle(in_message(SAMPLE)) is False
     assert held.empty()
     assert (source.consumed, source.reconsume_later) == (1, 2)
+
+
+def test_a_change_of_a_topics_queue_count_is_reported_once() -> None:
+    """The selector sees the route's queue count on every keyed send; a new count for a
+    topic (keys move to other queues) is reported, the first sighting is not."""
+    sdk.queue_count_changes()  # whatever earlier tests left
+    sdk._sending.topic = b"orders-test"
+    try:
+        for size in (4, 4, 8, 8, 4):
+            sdk._select(size, None, 1)
+    finally:
+        sdk._sending.topic = None
+    assert sdk.queue_count_changes() == [("orders-test", 4, 8), ("orders-test", 8, 4)]
+    assert sdk.queue_count_changes() == []
