@@ -373,7 +373,8 @@ def _read_raw(buf: bytes, pos: int, size: int, key: str, what: str = "value") ->
     return buf[pos : pos + length], pos + length
 
 
-def _counted(text: str | None) -> bytes:
+def counted_string(text: str | None) -> bytes:
+    """The payload of a CountedString (§4.4): int32 length and the UTF-8 bytes."""
     # An empty or null string is the four bytes 00 00 00 00, never the 1-byte tmcpy form (§4.4).
     # "replace": a lone surrogate (e.g. in a failure reason) must not make a frame unwritable.
     raw = text.encode("utf-8", "replace") if text else b""
@@ -391,7 +392,7 @@ def encode_value(value: Value) -> bytes:
             return head + _I32.pack(len(data)) + data
         if not isinstance(data, str):
             raise FrameError(f"STRING value must be str, got {type(data).__name__}")
-        return head + _counted(data)
+        return head + counted_string(data)
     if fmt is Fmt.BYTE_ARRAY:
         if not isinstance(data, bytes | bytearray):
             raise FrameError(f"BYTE_ARRAY value must be bytes, got {type(data).__name__}")
@@ -406,7 +407,7 @@ def encode_value(value: Value) -> bytes:
 
 def encode_custom(key: str, value: Value) -> bytes:
     """One complete Custom header: type, counted key, typed value."""
-    return _H_CUSTOM + _counted(key) + encode_value(value)
+    return _H_CUSTOM + counted_string(key) + encode_value(value)
 
 
 def encode(frame: Frame) -> bytes:
@@ -418,11 +419,11 @@ def encode(frame: Frame) -> bytes:
     if frame.status_code:
         parts.append(_H_STATUS_CODE + _I32.pack(frame.status_code))
     if frame.status_phrase:
-        parts.append(_H_STATUS_PHRASE + _counted(frame.status_phrase))
+        parts.append(_H_STATUS_PHRASE + counted_string(frame.status_phrase))
     if frame.flag:
         parts.append(_H_FLAG + _I32.pack(frame.flag))
     if frame.token:
-        parts.append(_H_TOKEN + _counted(frame.token))
+        parts.append(_H_TOKEN + counted_string(frame.token))
     for key, value in frame.custom.items():
         parts.append(encode_custom(key, value))
     parts.append(END_OF_HEADERS)
@@ -445,7 +446,7 @@ def send_head(token: str, version: int = PROTOCOL_VERSION) -> bytes:
 
     Custom headers follow, then :data:`END_OF_HEADERS`.
     """
-    return bytes((version, MessageType.SEND)) + _H_TOKEN + _counted(token)
+    return bytes((version, MessageType.SEND)) + _H_TOKEN + counted_string(token)
 
 
 def custom_head(key: str, fmt: Fmt) -> bytes:
@@ -453,7 +454,7 @@ def custom_head(key: str, fmt: Fmt) -> bytes:
 
     Append the value's payload (:func:`int64_value`, :func:`byte_value`) to complete it.
     """
-    return _H_CUSTOM + _counted(key) + _FMT_BYTE[fmt]
+    return _H_CUSTOM + counted_string(key) + _FMT_BYTE[fmt]
 
 
 def int64_value(n: int) -> bytes:

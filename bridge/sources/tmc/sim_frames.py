@@ -41,13 +41,6 @@ _NICK = codec.custom_head("nick", Fmt.STRING)
 _DATAID = codec.custom_head("dataid", Fmt.INT64)
 
 
-def counted(text: str) -> bytes:
-    """A CountedString payload as the codec writes it: int32 length and UTF-8 (a lone
-    surrogate replaced), four zero bytes for the empty string."""
-    raw = text.encode("utf-8", "replace")
-    return _I32_PACK(len(raw)) + raw
-
-
 #: Counted topics, publishers and nicks: a few distinct values shared by many messages.
 _COUNTED: dict[str, bytes] = {}
 _COUNTED_MAX = 4096
@@ -56,7 +49,7 @@ _COUNTED_MAX = 4096
 def _counted_name(text: str) -> bytes:
     raw = _COUNTED.get(text)
     if raw is None:
-        raw = counted(text)
+        raw = codec.counted_string(text)
         if len(_COUNTED) < _COUNTED_MAX:
             _COUNTED[text] = raw
     return raw
@@ -78,7 +71,7 @@ def push_static(  # noqa: PLR0917 - one argument per entry, hot path
     if isinstance(content, bytes):
         content_entry = _CONTENT_BYTES + _I32_PACK(len(content)) + content
     else:
-        content_entry = _CONTENT_STRING + counted(content)
+        content_entry = _CONTENT_STRING + codec.counted_string(content)
     try:
         parts = [
             _ID,
@@ -148,4 +141,4 @@ def binary_frame_header(size: int) -> bytes:
     return _LONG_HEADER(_FIN_BINARY, 127, size)
 
 
-__all__ = ["ConfirmReader", "binary_frame_header", "counted", "push_static"]
+__all__ = ["ConfirmReader", "binary_frame_header", "push_static"]

@@ -18,19 +18,21 @@ connection with 1007 (its stand-in is no UTF-8); TMC never sends text.
 
 **Many small frames, one write.** The bridge sends one confirm frame per message (the
 protocol has no batch confirm). ``ClientConnection.send`` costs a context manager, a
-drain and a socket write per frame; :func:`send_all` puts every frame queued since the
-last write into one ``send_context`` and :class:`TmcConnection`'s ``send_data`` joins
-them into one ``transport.write``. On this project's benchmark that is about a third of
+drain, a masking key from the system's CSPRNG and a socket write per frame;
+:func:`send_all` frames everything queued since the last write itself
+(:func:`masked_binary_frames`, one CSPRNG draw) and hands it to the protocol as one
+write inside one ``send_context``. On this project's benchmark that is about a third of
 the cost per confirm.
 
-This relies on three documented-by-code seams of websockets' Sans-I/O protocol (its
-``reader``, the ``parse`` generator it drives, and ``recv_frame``); the pinned version
-range in pyproject.toml is the one the unit tests exercise against a real server.
+This relies on seams of websockets that are documented by its code rather than its
+API: the Sans-I/O protocol's ``reader``, the ``parse`` generator it drives,
+``recv_frame`` and ``writes``, and the asyncio connection's ``send_context``,
+``process_event`` and ``recv_messages``. The pinned version in constraints.txt is the
+one the unit tests exercise against a real server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import struct
 from collections.abc import Callable, Generator
@@ -122,8 +124,8 @@ def _limit_frames(protocol: ClientProtocol, limit: int) -> None:
 
 
 class TmcConnection(ClientConnection):
-    """A ClientConnection that writes what the protocol queued in one socket write and
-    can hand complete Binary messages to a callback as they are parsed.
+    """A ClientConnection that can hand complete Binary messages to a callback as they
+    are parsed.
 
     ``on_binary``, once set (after login), receives each unfragmented Binary message
     synchronously from the protocol's ``data_received``, instead of the message being
@@ -149,23 +151,6 @@ class TmcConnection(ClientConnection):
             handler(bytes(event.data))
             return
         super().process_event(event)
-
-    def send_data(self) -> None:
-        chunks = self.protocol.data_to_send()
-        if len(chunks) > 1 and all(chunks):
-            # Several frames (confirms, see send_all): one write, one syscall.
-            self.transport.write(b"".join(chunks))
-            return
-        for chunk in chunks:
-            if chunk:
-                self.transport.write(chunk)
-            elif self.transport.can_write_eof():
-                # The protocol's end-of-stream marker after a Close: half-close TCP
-                # (what the library does; errors here are of no consequence).
-                with contextlib.suppress(Exception):
-                    self.transport.write_eof()
-            else:
-                self.transport.close()
 
 
 def masked_binary_frames(payloads: list[bytes]) -> bytes:
